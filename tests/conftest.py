@@ -1,0 +1,64 @@
+"""Tiny models built in the test, saved and loaded through real save_pretrained / from_pretrained."""
+
+import os
+
+import pytest
+import torch
+from transformers import ViTMAEConfig, ViTMAEModel
+
+from cropd_hf import CRoPDConfig, initialize_vit_mae_embeddings
+
+# Nothing in a test may reach a network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def foundation_folder(tmp_path_factory) -> str:
+    """A tiny ViTMAEModel saved to a folder: it stands in for facebook/vit-mae-large."""
+    torch.manual_seed(0)
+    config = ViTMAEConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )
+    model = ViTMAEModel(config)
+    initialize_vit_mae_embeddings(model)
+    folder = tmp_path_factory.mktemp("foundation")
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def tiny_config(foundation_folder):
+    """Factory of tiny CRoPD configs (8x8 grayscale images, 3 classes) in front of the tiny foundation model."""
+
+    def make(**overrides) -> CRoPDConfig:
+        values = dict(
+            image_size=8,
+            num_channels=1,
+            patch_size=2,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            decoder_hidden_size=16,
+            decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=2,
+            decoder_intermediate_size=32,
+            foundation_model_name_or_path=foundation_folder,
+            foundation_image_size=16,
+            num_labels=3,
+        )
+        values.update(overrides)
+        return CRoPDConfig(**values)
+
+    return make

@@ -1,0 +1,54 @@
+import pytest
+
+from cropd_hf import CRoPDConfig
+
+
+def test_defaults_are_the_paper_setting():
+    config = CRoPDConfig()
+    assert config.model_type == "cropd"
+    assert config.foundation_model_name_or_path == "facebook/vit-mae-large"
+    assert config.contrastive_features == "foundation"
+    assert config.train_epsilon == pytest.approx(8 / 255)
+    assert config.effective_train_step_size == pytest.approx(1.25 * 8 / 255)
+
+
+def test_round_trip_through_json(tmp_path):
+    config = CRoPDConfig(contrastive_weight=10, contrastive_features="purifier", num_labels=4)
+    config.save_pretrained(tmp_path)
+    loaded = CRoPDConfig.from_pretrained(tmp_path)
+    assert loaded.contrastive_weight == 10
+    assert loaded.contrastive_features == "purifier"
+    assert loaded.num_labels == 4
+    assert loaded.foundation_image_mean == config.foundation_image_mean
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "accepted"),
+    [
+        ("contrastive_features", "pixels", "'foundation', 'purifier'"),
+        ("contrastive_weight", -1.0, ">= 0"),
+        ("contrastive_weight", "1", ">= 0"),
+        ("contrastive_temperature", 0.0, "> 0"),
+        ("train_epsilon", 1.5, "[0, 1]"),
+        ("train_step_size", -0.1, "> 0"),
+        ("patch_size", 5, "divisor of image_size=32"),
+        ("num_attention_heads", 5, "divisor of hidden_size=192"),
+        ("image_size", 0, "positive integer"),
+        ("hidden_size", 19.5, "positive integer"),
+        ("use_purifier", "yes", "True or False"),
+        ("purifier_pooling", "max", "'cls', 'mean'"),
+        ("foundation_pooling", "max", "'cls', 'mean', 'pooler'"),
+        ("foundation_model_name_or_path", "", "Hub id or a local folder"),
+        ("foundation_image_std", [0.2, 0.0, 0.2], "positive"),
+        ("foundation_image_mean", [0.5, 0.5], "3 numbers"),
+        ("num_channels", 2, "1 (repeated"),
+        ("hidden_dropout_prob", 1.0, "[0, 1)"),
+    ],
+)
+def test_invalid_values_name_the_field_the_value_and_what_is_accepted(field, value, accepted):
+    with pytest.raises(ValueError) as error:
+        CRoPDConfig(**{field: value})
+    message = str(error.value)
+    assert f"CRoPDConfig.{field}=" in message
+    assert repr(value) in message
+    assert accepted in message

@@ -1,0 +1,168 @@
+import pytest
+import torch
+from transformers import ViTMAEModel
+
+from cropd_hf import CRoPDForImageClassification, CRoPDModel
+
+
+@pytest.fixture
+def model(tiny_config):
+    torch.manual_seed(0)
+    return CRoPDForImageClassification(tiny_config()).eval()
+
+
+def images(batch=4, channels=1, size=8, seed=0):
+    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_purifier_maps_images_to_images_in_unit_range(tiny_config):
+    purifier = CRoPDModel(tiny_config())
+    output = purifier(images())
+    assert output.reconstruction.shape == (4, 1, 8, 8)
+    assert output.reconstruction.min() >= 0.0 and output.reconstruction.max() <= 1.0
+    assert output.pooled_latent.shape == (4, 16)
+    assert output.last_hidden_state.shape == (4, 1 + 16, 16)
+
+
+def test_purifier_built_from_config_knows_where_patches_are(tiny_config):
+    # transformers 5.23 leaves ViT-MAE position tables and CLS / mask tokens at zero when built from a config.
+    purifier = CRoPDModel(tiny_config())
+    assert purifier.encoder.embeddings.position_embeddings.abs().sum() > 0
+    assert purifier.encoder.embeddings.cls_token.abs().sum() > 0
+    assert purifier.decoder.decoder_pos_embed.abs().sum() > 0
+    assert purifier.decoder.mask_token.abs().sum() > 0
+
+
+def test_purifier_pooling_modes(tiny_config):
+    torch.manual_seed(0)
+    purifier = CRoPDModel(tiny_config(purifier_pooling="cls"))
+    output = purifier(images())
+    torch.testing.assert_close(output.pooled_latent, output.last_hidden_state[:, 0])
+
+
+def test_foundation_is_the_referenced_model_with_masking_off(model, foundation_folder):
+    reference = ViTMAEModel.from_pretrained(foundation_folder)
+    assert model.foundation.config.mask_ratio == 0.0
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.foundation.state_dict()[name], tensor), name
+
+
+def test_two_forwards_of_one_image_give_identical_logits(model):
+    x = images()
+    assert torch.equal(model(x).logits, model(x).logits)
+    # The order of the batch does not leak into the result either (no random patch shuffling).
+    assert torch.allclose(model(x.flip(0)).logits.flip(0), model(x).logits, atol=1e-6)
+
+
+def test_foundation_stays_frozen_and_in_eval_mode(model):
+    model.train()
+    assert model.training and model.purifier.training and model.classifier.training
+    assert not model.foundation.training
+    assert not any(module.training for module in model.foundation.modules())
+    assert not any(parameter.requires_grad for parameter in model.foundation.parameters())
+
+
+def test_optimizer_step_on_g_and_h_leaves_every_foundation_tensor_bit_identical(model):
+    before = {name: tensor.clone() for name, tensor in model.foundation.state_dict().items()}
+    purifier_before = {name: tensor.clone() for name, tensor in model.purifier.state_dict().items()}
+    head_before = model.classifier.weight.clone()
+    model.train()
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.1)
+    output = model(images(), labels=torch.tensor([0, 1, 2, 0]))
+    output.loss.backward()
+    optimizer.step()
+    for name, tensor in model.foundation.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert all(parameter.grad is None for parameter in model.foundation.parameters())
+    assert not torch.equal(model.classifier.weight, head_before)
+    changed = [
+        name for name, tensor in model.purifier.state_dict().items() if not torch.equal(tensor, purifier_before[name])
+    ]
+    assert changed, "the purifier was not updated"
+
+
+def test_gradients_reach_the_input_through_h_f_and_g(model):
+    x = images().requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, 0])
+    model(x, labels=labels).loss.backward()
+    through_purifier = x.grad.clone()
+    assert torch.isfinite(through_purifier).all() and through_purifier.abs().sum() > 0
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in model.purifier.encoder.embeddings.parameters()
+        if p.requires_grad
+    )
+
+    x.grad = None
+    model(x, labels=labels, purify=False).loss.backward()
+    assert x.grad.abs().sum() > 0
+    assert not torch.allclose(x.grad, through_purifier), "the purifier is not on the gradient path"
+
+
+def test_purify_flag_and_outputs(model):
+    x = images()
+    purified = model(x)
+    assert purified.purified_pixel_values.shape == x.shape
+    assert purified.features.shape == (4, 32)
+    plain = model(x, purify=False)
+    assert plain.purified_pixel_values is None
+    torch.testing.assert_close(plain.logits, model.classifier(model.foundation_features(x)))
+    torch.testing.assert_close(purified.logits, model.classifier(model.foundation_features(model.purify(x))))
+
+
+def test_identity_baseline_has_no_purifier(tiny_config):
+    model = CRoPDForImageClassification(tiny_config(use_purifier=False)).eval()
+    assert model.purifier is None
+    assert not any(name.startswith("purifier.") for name in model.state_dict())
+    assert model(images()).logits.shape == (4, 3)
+    with pytest.raises(ValueError, match="use_purifier=False"):
+        model(images(), purify=True)
+
+
+@pytest.mark.parametrize(("mode", "size"), [("foundation", 32), ("purifier", 16)])
+def test_contrastive_features_modes(tiny_config, mode, size):
+    model = CRoPDForImageClassification(tiny_config(contrastive_features=mode))
+    features = model.contrastive_features(images())
+    assert features.shape == (4, size)
+    features.sum().backward()
+    assert model.purifier.encoder.embeddings.patch_embeddings.projection.weight.grad is not None
+
+
+def test_rgb_model_in_front_of_rgb_foundation(tiny_config):
+    model = CRoPDForImageClassification(tiny_config(num_channels=3)).eval()
+    assert model(images(channels=3)).logits.shape == (4, 3)
+
+
+@pytest.mark.parametrize(
+    ("pixel_values", "message"),
+    [
+        (torch.rand(2, 3, 8, 8), "got 3 channels"),
+        (torch.rand(1, 8, 8), "got rank 3"),
+        (torch.rand(2, 1, 16, 16), "spatial size"),
+        (torch.rand(2, 1, 8, 8) * 255, "values in"),
+        (torch.full((2, 1, 8, 8), float("nan")), "NaN"),
+        ((torch.rand(2, 1, 8, 8) * 255).to(torch.uint8), "dtype torch.uint8"),
+        (torch.rand(0, 1, 8, 8), "empty batch"),
+        ([[0.5]], "got list"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(model, pixel_values, message):
+    with pytest.raises(ValueError, match="pixel_values must be a float tensor of shape") as error:
+        model(pixel_values)
+    assert message in str(error.value)
+    with pytest.raises(ValueError, match="pixel_values must be"):
+        model.purifier(pixel_values)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (torch.tensor([0, 1, 5, 0]), r"in \[0, 3\)"),
+        (torch.tensor([0, 1]), "shape"),
+        (torch.tensor([0.0, 1.0, 1.0, 0.0]), "integer tensor"),
+    ],
+)
+def test_bad_labels_raise_clear_errors(model, labels, message):
+    with pytest.raises(ValueError, match=message):
+        model(images(), labels=labels)
