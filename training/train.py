@@ -1,0 +1,373 @@
+"""Train a CRoPD model: stage 1 (purifier), stage 2 (linear head), then evaluation, on one or several processes.
+
+    accelerate launch training/train.py                                   # the embedded default
+    accelerate launch training/train.py --config training/configs/embedded-lambda10.yaml
+    accelerate launch training/train.py --resume_from_checkpoint latest   # after an interruption
+
+Stage 1 trains the purifier g with ||g(x) - x||² + λ·L_con(z(x), z(x_adv)), x_adv = FGSM with random start on
+L_con. Stage 2 freezes g and trains the head h on f(g(x)), on clean or adversarial inputs. The evaluation attacks
+the whole chain (FGSM, PGD-k) at the run's ε. The output folder gets the checkpoint, metrics.json, a plot and the
+model card; it appears whole at the end of the run or not at all.
+"""
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from cropd_hf import CRoPDConfig, CRoPDForImageClassification, CRoPDImageProcessor
+from cropd_hf.attacks import FGSM, PGD
+from cropd_hf.data import label_names, load_image_dataset, with_pixel_values
+from cropd_hf.losses import CRoPDTrainingObjective, contrastive_adversarial_examples
+from cropd_hf.metrics import load_robust_accuracy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import write_report  # noqa: E402
+from run_config import DEFAULT_CONFIG, RunConfig, RunConfigError, load_run_config  # noqa: E402
+
+logger = get_logger(__name__)
+STAGES = ("purifier", "head")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="run file (YAML) in training/configs")
+    parser.add_argument("--output_dir", type=Path, help="default: the run file's output_dir, or outputs/<run name>")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--resume_from_checkpoint", help="a folder written by save_state, or 'latest' for the run's newest one"
+    )
+    parser.add_argument("--keep_checkpoints", action="store_true", help="keep the per-epoch states after success")
+    parser.add_argument("--push_to_hub", action="store_true", help="upload the output folder to the Hub")
+    parser.add_argument("--hub_model_id", help="org/name of the Hub repository for --push_to_hub")
+    return parser.parse_args(argv)
+
+
+class TrainingProgress:
+    """Which stage and epoch the run has finished; saved and restored with accelerate's checkpoint state."""
+
+    def __init__(self) -> None:
+        self.epochs_done = dict.fromkeys(STAGES, 0)
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.epochs_done)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epochs_done = dict(state)
+
+
+def resolve_paths(args: argparse.Namespace, run: RunConfig) -> tuple[Path, Path]:
+    """The final output folder and the run's working folder (checkpoints, logs, the output being built)."""
+    output_dir = args.output_dir or Path(run.output_dir or Path("outputs") / args.config.stem)
+    return output_dir, output_dir.with_name(output_dir.name + ".work")
+
+
+def check_before_work(args: argparse.Namespace, run: RunConfig, output_dir: Path) -> None:
+    """Everything that can be refused is refused here, before data, models or folders are touched."""
+    if output_dir.exists() and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        raise RunConfigError(
+            f"{output_dir} exists; pass --overwrite_output_dir to replace it (it is replaced only once the new "
+            "run has finished), or choose another --output_dir."
+        )
+    if args.push_to_hub:
+        if not args.hub_model_id or args.hub_model_id.count("/") != 1:
+            raise RunConfigError("--push_to_hub needs --hub_model_id org/name.")
+        foundation = run.model.get("foundation_model_name_or_path", CRoPDConfig().foundation_model_name_or_path)
+        if os.path.isdir(foundation):
+            raise RunConfigError(
+                f"--push_to_hub refused: the foundation model is the local folder {foundation!r}, which nobody "
+                "who downloads this checkpoint could load. Upload the foundation model to the Hub first and set "
+                "model.foundation_model_name_or_path (and foundation_model_revision) to its id."
+            )
+
+
+def build_model(run: RunConfig, labels: list[str]) -> CRoPDForImageClassification:
+    model_settings = dict(run.model)
+    foundation = model_settings.pop("foundation_model_name_or_path", CRoPDConfig().foundation_model_name_or_path)
+    if os.path.isdir(foundation):
+        # A checkpoint that records a relative path only loads from one working directory.
+        foundation = str(Path(foundation).resolve())
+    config = CRoPDConfig.for_foundation(
+        foundation,
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
+        **model_settings,
+    )
+    return CRoPDForImageClassification(config)
+
+
+def latest_checkpoint(work_dir: Path) -> Path:
+    checkpoints = sorted((work_dir / "checkpoints").glob("*-epoch-*"), key=lambda path: path.stat().st_mtime)
+    if not checkpoints:
+        raise RunConfigError(f"--resume_from_checkpoint latest: no checkpoint under {work_dir / 'checkpoints'}.")
+    return checkpoints[-1]
+
+
+def save_checkpoint(accelerator: Accelerator, work_dir: Path, stage: str, epoch: int) -> None:
+    # Written under a temporary name and renamed, so a kill never leaves a half checkpoint behind.
+    final = work_dir / "checkpoints" / f"{stage}-epoch-{epoch:03d}"
+    partial = final.with_name(final.name + ".partial")
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+    accelerator.wait_for_everyone()
+
+
+def make_optimizer(parameters: Any, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(list(parameters), lr=learning_rate, weight_decay=weight_decay)
+
+
+def train(args: argparse.Namespace) -> None:
+    run = load_run_config(args.config)
+    output_dir, work_dir = resolve_paths(args, run)
+    check_before_work(args, run, output_dir)
+
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        log_with=None if run.report_to == "none" else run.report_to,
+        project_dir=str(work_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Each stage trains one part of the model; DDP must not wait for the other part's gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(run.seed)
+    if run.report_to != "none":
+        accelerator.init_trackers(args.config.stem, config={k: v for k, v in vars(run).items() if k != "model"})
+
+    splits = load_image_dataset(run.dataset, seed=run.seed, validation_size=run.validation_size)
+    if run.max_train_samples is not None:
+        splits["train"] = splits["train"].select(range(min(run.max_train_samples, len(splits["train"]))))
+    model = build_model(run, label_names(splits["train"]))
+    config = model.config
+    processor = CRoPDImageProcessor(
+        size={"height": config.image_size, "width": config.image_size}, num_channels=config.num_channels
+    )
+    train_loader = torch.utils.data.DataLoader(
+        with_pixel_values(splits["train"], processor), batch_size=run.batch_size, shuffle=True, drop_last=True
+    )
+    stage_epochs = {"purifier": run.purifier_epochs if config.use_purifier else 0, "head": run.head_epochs}
+    purifier_parameters = model.purifier.parameters() if config.use_purifier else []
+    optimizers = {
+        "purifier": make_optimizer(purifier_parameters, run.purifier_learning_rate, run.purifier_weight_decay),
+        "head": make_optimizer(model.classifier.parameters(), run.head_learning_rate, 0.0),
+    }
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    schedulers = {
+        stage: get_cosine_schedule_with_warmup(
+            optimizers[stage],
+            num_warmup_steps=int(run.warmup_ratio * stage_epochs[stage] * steps_per_epoch),
+            num_training_steps=max(1, stage_epochs[stage] * steps_per_epoch),
+        )
+        for stage in STAGES
+    }
+    objective = CRoPDTrainingObjective(model)
+    objective, train_loader, *prepared = accelerator.prepare(
+        objective, train_loader, *optimizers.values(), *schedulers.values()
+    )
+    optimizers = dict(zip(STAGES, prepared[:2], strict=True))
+    schedulers = dict(zip(STAGES, prepared[2:], strict=True))
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+
+    if args.resume_from_checkpoint:
+        checkpoint = (
+            latest_checkpoint(work_dir)
+            if args.resume_from_checkpoint == "latest"
+            else Path(args.resume_from_checkpoint)
+        )
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"resumed from {checkpoint}: epochs done {progress.epochs_done}")
+
+    unwrapped = accelerator.unwrap_model(objective).model
+    for stage in STAGES:
+        for epoch in range(progress.epochs_done[stage], stage_epochs[stage]):
+            train_loader.set_epoch(epoch)
+            metrics = train_one_epoch(
+                accelerator, objective, train_loader, optimizers[stage], schedulers[stage], run, stage, epoch
+            )
+            progress.epochs_done[stage] = epoch + 1
+            logger.info(
+                f"{stage} epoch {epoch + 1}/{stage_epochs[stage]}: {format_metrics(metrics)}", main_process_only=True
+            )
+            accelerator.log({f"{stage}/{key}": value for key, value in metrics.items()}, step=epoch + 1)
+            save_checkpoint(accelerator, work_dir, stage, epoch + 1)
+
+    unwrapped.eval()
+    logger.info(f"trained weights checksum: {checksum(unwrapped):.10e}", main_process_only=False)
+    results = evaluate_model(accelerator, unwrapped, splits[run.eval_split], processor, run)
+
+    if accelerator.is_main_process:
+        staging = work_dir / "output"
+        shutil.rmtree(staging, ignore_errors=True)
+        unwrapped.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        write_report(staging, unwrapped.config, run, results, config_name=args.config.stem)
+        if (work_dir / args.config.stem).is_dir():  # tensorboard logs belong with the model
+            shutil.copytree(work_dir / args.config.stem, staging / "runs")
+        publish(staging, output_dir)
+        if not args.keep_checkpoints:
+            shutil.rmtree(work_dir)
+        accelerator.print(f"clean {results['clean']:.4f}, pgd20 {results.get('pgd20', float('nan')):.4f}: {output_dir}")
+        if args.push_to_hub:
+            push_to_hub(output_dir, args.hub_model_id)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def train_one_epoch(
+    accelerator: Accelerator,
+    objective: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    run: RunConfig,
+    stage: str,
+    epoch: int,
+) -> dict[str, float]:
+    model = accelerator.unwrap_model(objective).model
+    model.train()
+    totals: dict[str, float] = {}
+    bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", disable=not accelerator.is_local_main_process, leave=False)
+    for batch in bar:
+        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        adversarial = make_training_attack(model, pixel_values, labels, run, stage)
+        output = objective(pixel_values, labels, adversarial_pixel_values=adversarial, stage=stage)
+        accelerator.backward(output.loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        for key, value in output.items():
+            totals[key] = totals.get(key, 0.0) + value.detach().item()
+        bar.set_postfix(loss=f"{output.loss.item():.4f}")
+    averages = torch.tensor([totals[key] / len(loader) for key in sorted(totals)], device=accelerator.device)
+    averages = accelerator.reduce(averages, reduction="mean")
+    return dict(zip(sorted(totals), averages.tolist(), strict=True))
+
+
+def make_training_attack(
+    model: CRoPDForImageClassification, pixel_values: torch.Tensor, labels: torch.Tensor, run: RunConfig, stage: str
+) -> torch.Tensor | None:
+    """The adversarial inputs a stage trains on, or None when it trains on clean inputs only."""
+    config = model.config
+    if stage == "purifier":
+        if config.contrastive_weight == 0:
+            return None  # the plain auto-encoder baseline needs no attack
+        return contrastive_adversarial_examples(model, pixel_values, labels)
+    if run.head_training == "clean":
+        return None
+    if run.head_attack_steps == 1:
+        attack = FGSM(eps=config.train_epsilon, alpha=config.effective_train_step_size, random_start=True)
+    else:
+        alpha = 2.5 * config.train_epsilon / run.head_attack_steps
+        attack = PGD(eps=config.train_epsilon, alpha=alpha, steps=run.head_attack_steps)
+    return attack(model, pixel_values, labels)
+
+
+def evaluation_attacks(run: RunConfig) -> dict[str, Any]:
+    """The evaluation suite, keyed as in metrics.json; every attack is white-box on the whole chain."""
+    attacks: dict[str, Any] = {"fgsm": FGSM(eps=run.eval_epsilon)}
+    for steps in run.eval_pgd_steps:
+        attacks[f"pgd{steps}"] = PGD(eps=run.eval_epsilon, alpha=run.eval_alpha, steps=steps)
+    return attacks
+
+
+def evaluate_model(
+    accelerator: Accelerator,
+    model: CRoPDForImageClassification,
+    dataset: Any,
+    processor: CRoPDImageProcessor,
+    run: RunConfig,
+) -> dict[str, Any]:
+    """Clean and robust accuracy on the evaluation split, each process attacking its share of the samples."""
+    if run.eval_num_samples is not None:
+        dataset = dataset.select(range(min(run.eval_num_samples, len(dataset))))
+    loader = accelerator.prepare_data_loader(
+        torch.utils.data.DataLoader(with_pixel_values(dataset, processor), batch_size=run.eval_batch_size)
+    )
+    attacks = evaluation_attacks(run)
+    predictions: dict[str, list[torch.Tensor]] = {name: [] for name in ("clean", *attacks)}
+    references = []
+    for batch in tqdm(loader, desc="evaluation", disable=not accelerator.is_local_main_process, leave=False):
+        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        with torch.no_grad():
+            predictions["clean"].append(model(pixel_values).logits.argmax(-1))
+        for name, attack in attacks.items():
+            adversarial = attack(model, pixel_values, labels)
+            with torch.no_grad():
+                predictions[name].append(model(adversarial).logits.argmax(-1))
+        references.append(accelerator.gather_for_metrics(labels))
+        for name in predictions:
+            predictions[name][-1] = accelerator.gather_for_metrics(predictions[name][-1])
+    metric = load_robust_accuracy()
+    references_list = torch.cat(references).tolist()
+    accuracies = {
+        name: metric.compute(predictions=torch.cat(values).tolist(), references=references_list)["accuracy"]
+        for name, values in predictions.items()
+    }
+    return {
+        **accuracies,
+        "epsilon": run.eval_epsilon,
+        "num_samples": len(references_list),
+        "split": run.eval_split,
+        "dataset": run.dataset,
+        "attacks": {name: attack.settings() for name, attack in attacks.items()},
+    }
+
+
+def publish(staging: Path, output_dir: Path) -> None:
+    """Move the finished output into place; an existing folder is replaced in one rename, never half-written."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists():
+        retired = output_dir.with_name(output_dir.name + ".replaced")
+        shutil.rmtree(retired, ignore_errors=True)
+        output_dir.rename(retired)
+        staging.rename(output_dir)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(output_dir)
+
+
+def push_to_hub(output_dir: Path, repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="Upload CRoPD model")
+
+
+def checksum(model: torch.nn.Module) -> float:
+    """Sum of all trainable-stage weights: equal on every rank when gradients were synchronized."""
+    return sum(p.detach().double().sum().item() for n, p in model.named_parameters() if not n.startswith("foundation"))
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # Our per-epoch lines at INFO; accelerate's per-file checkpoint chatter only when something is wrong.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
+    logger.logger.setLevel(logging.INFO)
+    try:
+        train(args)
+    except RunConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
