@@ -67,8 +67,9 @@ def run_train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_file, tmp_path):
     output = tmp_path / "out"
-    result = run_train("--config", str(run_file()), "--output_dir", str(output))
+    result = run_train("--config", str(run_file(report_to="tensorboard")), "--output_dir", str(output))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert list((output / "runs").rglob("events.out.tfevents.*")), "tensorboard logs travel with the model"
     assert re.search(r"purifier epoch 1/2: .*reconstruction_loss", result.stderr)
     assert re.search(r"head epoch 1/1: loss", result.stderr)
 

@@ -145,7 +145,13 @@ def train(args: argparse.Namespace) -> None:
     )
     set_seed(run.seed)
     if run.report_to != "none":
-        accelerator.init_trackers(args.config.stem, config={k: v for k, v in vars(run).items() if k != "model"})
+        # TensorBoard's hparams take scalars only.
+        hparams = {**vars(run), **{f"model.{key}": value for key, value in run.model.items()}}
+        hparams.pop("model")
+        accelerator.init_trackers(
+            args.config.stem,
+            config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()},
+        )
 
     splits = load_image_dataset(run.dataset, seed=run.seed, validation_size=run.validation_size)
     if run.max_train_samples is not None:
@@ -220,7 +226,8 @@ def train(args: argparse.Namespace) -> None:
         publish(staging, output_dir)
         if not args.keep_checkpoints:
             shutil.rmtree(work_dir)
-        accelerator.print(f"clean {results['clean']:.4f}, pgd20 {results.get('pgd20', float('nan')):.4f}: {output_dir}")
+        accuracies = {name: results[name] for name in ("clean", *results["attacks"])}
+        accelerator.print(f"accuracy at ε = {run.eval_epsilon}: {format_metrics(accuracies)}; saved to {output_dir}")
         if args.push_to_hub:
             push_to_hub(output_dir, args.hub_model_id)
     accelerator.wait_for_everyone()
