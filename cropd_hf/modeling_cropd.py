@@ -245,11 +245,21 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
 
     def _foundation_config(self) -> Any:
         foundation_config = AutoConfig.from_pretrained(
-            self.config.foundation_model_name_or_path, revision=self.config.foundation_model_revision
+            self.foundation_location(), revision=self.config.foundation_model_revision
         )
         if hasattr(foundation_config, "mask_ratio"):
             foundation_config.mask_ratio = 0.0
         return foundation_config
+
+    def foundation_location(self) -> str:
+        """Where `f` is loaded from: `config.foundation_model_name_or_path`, where a path that starts with `./` or
+        `../` is relative to the checkpoint folder (so a checkpoint shipped next to its foundation model loads from
+        any working directory)."""
+        location = self.config.foundation_model_name_or_path
+        checkpoint = self.config.name_or_path
+        if location.startswith(("./", "../")) and checkpoint and os.path.isdir(checkpoint):
+            return os.path.normpath(os.path.join(checkpoint, location))
+        return location
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> "CRoPDForImageClassification":
@@ -261,7 +271,7 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
         """(Re)load `f` from `config.foundation_model_name_or_path` at `config.foundation_model_revision`."""
         reference = self.foundation.config
         self.foundation = AutoModel.from_pretrained(
-            self.config.foundation_model_name_or_path,
+            self.foundation_location(),
             revision=self.config.foundation_model_revision,
             config=reference,
             dtype=self.classifier.weight.dtype,

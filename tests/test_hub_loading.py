@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -168,3 +169,22 @@ def test_remote_code_files_are_self_contained():
         assert not [line for line in imports if "cropd_hf" in line], name
         local = [line for line in imports if line.startswith("from .")]
         assert all(line.split()[1].lstrip(".") + ".py" in REMOTE_CODE_FILES for line in local), local
+
+
+def test_a_relative_foundation_path_is_relative_to_the_checkpoint_folder(tiny_config, foundation_folder, tmp_path):
+    shipped = tmp_path / "shipped"
+    shutil.copytree(foundation_folder, shipped / "foundation")
+    model = CRoPDForImageClassification(tiny_config()).eval()
+    model.config.foundation_model_name_or_path = "../foundation"
+    model.save_pretrained(shipped / "checkpoint")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cwd = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        loaded = AutoModelForImageClassification.from_pretrained(shipped / "checkpoint").eval()
+    finally:
+        os.chdir(cwd)
+    assert loaded.foundation_location() == str(shipped / "foundation")
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(loaded(x).logits, model(x).logits)
