@@ -218,3 +218,17 @@ def test_push_to_hub_refuses_a_foundation_model_that_is_only_a_local_folder(run_
     assert result.returncode == 2
     assert "--push_to_hub refused" in result.stderr and "local folder" in result.stderr
     assert not output.exists()
+
+
+def test_resume_picks_the_newest_finished_checkpoint(tmp_path):
+    sys.path.insert(0, str(REPO / "training"))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(REPO / "training"))
+    checkpoints = tmp_path / "checkpoints"
+    for name in ("purifier-epoch-009", "purifier-epoch-010", "head-epoch-001", "head-epoch-002.partial"):
+        (checkpoints / name).mkdir(parents=True)
+    assert train.latest_checkpoint(tmp_path).name == "head-epoch-001"
+    with pytest.raises(train.RunConfigError, match="no checkpoint"):
+        train.latest_checkpoint(tmp_path / "elsewhere")

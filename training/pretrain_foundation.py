@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 from transformers import ViTImageProcessorPil, ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
@@ -74,12 +76,17 @@ def pooled_features(encoder: ViTMAEModel, images: torch.Tensor, pooling: str, ba
 
 
 def linear_probe(encoder: ViTMAEModel, train: tuple, test: tuple) -> dict[str, float]:
-    """Test accuracy of a logistic-regression probe on frozen features, for each pooling."""
+    """Test accuracy of a logistic-regression probe on frozen features, for each pooling.
+
+    Features are standardized first, as MAE's linear probe does with a parameter-free BatchNorm: the probe stays
+    linear in the features, but no longer depends on their scale.
+    """
     results = {}
     for pooling in ("mean", "cls"):
         train_features = pooled_features(encoder, train[0], pooling).numpy()
         test_features = pooled_features(encoder, test[0], pooling).numpy()
-        probe = LogisticRegression(max_iter=3000).fit(train_features, train[1].numpy())
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        probe.fit(train_features, train[1].numpy())
         results[pooling] = float(probe.score(test_features, test[1].numpy()))
     return results
 

@@ -12,7 +12,6 @@ model card; it appears whole at the end of the run or not at all.
 
 import argparse
 import logging
-import math
 import os
 import shutil
 import sys
@@ -108,7 +107,9 @@ def build_model(run: RunConfig, labels: list[str]) -> CRoPDForImageClassificatio
 
 
 def latest_checkpoint(work_dir: Path) -> Path:
-    checkpoints = sorted((work_dir / "checkpoints").glob("*-epoch-*"), key=lambda path: path.stat().st_mtime)
+    # A `.partial` folder is a save that a kill interrupted: never resume from it.
+    finished = [path for path in (work_dir / "checkpoints").glob("*-epoch-*") if path.suffix != ".partial"]
+    checkpoints = sorted(finished, key=lambda path: (STAGES.index(path.name.split("-")[0]), path.name))
     if not checkpoints:
         raise RunConfigError(f"--resume_from_checkpoint latest: no checkpoint under {work_dir / 'checkpoints'}.")
     return checkpoints[-1]
@@ -170,7 +171,8 @@ def train(args: argparse.Namespace) -> None:
         "purifier": make_optimizer(purifier_parameters, run.purifier_learning_rate, run.purifier_weight_decay),
         "head": make_optimizer(model.classifier.parameters(), run.head_learning_rate, 0.0),
     }
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    # Counted on the whole loader: accelerate steps a prepared scheduler once per process per optimizer step.
+    steps_per_epoch = len(train_loader)
     schedulers = {
         stage: get_cosine_schedule_with_warmup(
             optimizers[stage],
