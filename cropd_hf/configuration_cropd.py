@@ -59,6 +59,10 @@ class CRoPDConfig(PreTrainedConfig):
             Standard deviation of the truncated normal initializer.
         qkv_bias (`bool`, *optional*, defaults to `True`):
             Whether the purifier's query/key/value projections have a bias.
+        purifier_residual (`bool`, *optional*, defaults to `False`):
+            `False`: the purifier is a plain auto-encoder, `g(x) = sigmoid(decoder(x))`. `True`: the decoder predicts
+            a correction in logit space, `g(x) = sigmoid(logit(x) + decoder(x))`, so `g` starts as the identity
+            and only learns to move what the training objective asks it to.
         purifier_pooling (`str`, *optional*, defaults to `"mean"`):
             How the purifier's latent is pooled into one vector: `"cls"` token or `"mean"` of the patch tokens.
         use_purifier (`bool`, *optional*, defaults to `True`):
@@ -70,6 +74,10 @@ class CRoPDConfig(PreTrainedConfig):
             λ, weight of the adversarial contrastive loss against the reconstruction loss (0 = plain auto-encoder).
         contrastive_temperature (`float`, *optional*, defaults to 0.1):
             τ, temperature of the supervised contrastive loss.
+        standardize_contrastive_features (`bool`, *optional*, defaults to `True`):
+            Standardize `z` per dimension with the clean batch's mean and standard deviation before the contrastive
+            loss. Pooled ViT features share a large common component that puts every cosine similarity near 1,
+            which leaves the loss at log(2N - 1) with almost no gradient.
         train_epsilon (`float`, *optional*, defaults to 8/255):
             L∞ radius of the FGSM perturbation used while training the purifier, in [0, 1] pixel units.
         train_step_size (`float`, *optional*):
@@ -90,6 +98,9 @@ class CRoPDConfig(PreTrainedConfig):
         foundation_pooling (`str`, *optional*, defaults to `"mean"`):
             Pooling of `f`'s output into the features the head sees: `"cls"` token, `"mean"` of the patch
             tokens, or the backbone's own `"pooler"` output.
+        head_batch_norm (`bool`, *optional*, defaults to `True`):
+            Put a parameter-free BatchNorm in front of the linear head, as MAE's linear probe does: the head stays
+            linear in the features but no longer depends on their scale.
 
     Example:
 
@@ -119,11 +130,13 @@ class CRoPDConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     qkv_bias: bool = True
+    purifier_residual: bool = False
     purifier_pooling: str = "mean"
     use_purifier: bool = True
     contrastive_features: str = "foundation"
     contrastive_weight: float | int = 1.0
     contrastive_temperature: float | int = 0.1
+    standardize_contrastive_features: bool = True
     train_epsilon: float | int = 8 / 255
     train_step_size: float | int | None = None
     foundation_model_name_or_path: str = "facebook/vit-mae-large"
@@ -133,6 +146,7 @@ class CRoPDConfig(PreTrainedConfig):
     foundation_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
     foundation_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
     foundation_pooling: str = "mean"
+    head_batch_norm: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.foundation_image_mean = list(self.foundation_image_mean)
@@ -197,7 +211,13 @@ class CRoPDConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 _invalid(name, value, "a positive integer")
-        for name in ("qkv_bias", "use_purifier"):
+        for name in (
+            "qkv_bias",
+            "use_purifier",
+            "purifier_residual",
+            "standardize_contrastive_features",
+            "head_batch_norm",
+        ):
             if not isinstance(getattr(self, name), bool):
                 _invalid(name, getattr(self, name), "True or False")
         for name, choices in (

@@ -83,16 +83,25 @@ def adversarial_contrastive_loss(
     labels: Tensor,
     temperature: float = 0.1,
     reduction: str = "mean",
+    standardize: bool = False,
 ) -> Tensor:
     """L_con of CRoPD: the clean and adversarial (N, D) features of each image are two views.
 
     Both views of an image, and all images of the same class, are positives; other classes are negatives.
+    With `standardize`, both are first standardized per dimension with the clean features' batch mean and
+    standard deviation (taken as constants, so the adversary cannot move them).
     """
     if clean_features.dim() != 2 or clean_features.shape != adversarial_features.shape:
         raise ValueError(
             f"clean_features and adversarial_features must both have the same shape (N, D), got "
             f"{tuple(clean_features.shape)} and {tuple(adversarial_features.shape)}"
         )
+    if standardize:
+        if len(clean_features) < 2:
+            raise ValueError("standardize=True needs a batch of at least 2 samples to estimate the statistics")
+        statistics = clean_features.detach()
+        mean, std = statistics.mean(dim=0), statistics.std(dim=0).clamp_min(1e-6)
+        clean_features, adversarial_features = (clean_features - mean) / std, (adversarial_features - mean) / std
     features = torch.stack([clean_features, adversarial_features], dim=1)
     return supervised_contrastive_loss(features, labels, temperature=temperature, reduction=reduction)
 
@@ -120,7 +129,12 @@ def contrastive_adversarial_examples(
         alpha=config.effective_train_step_size,
         random_start=True,
         loss_fn=lambda adversarial_features, targets: adversarial_contrastive_loss(
-            clean_features, adversarial_features, targets, config.contrastive_temperature, reduction="none"
+            clean_features,
+            adversarial_features,
+            targets,
+            config.contrastive_temperature,
+            reduction="none",
+            standardize=config.standardize_contrastive_features,
         ),
     )
     return attack(model.contrastive_features, pixel_values, labels)
@@ -158,7 +172,7 @@ class CRoPDTrainingObjective(nn.Module):
             # g and f are fixed in stage 2: only h learns, and nothing back-propagates through g or f.
             with torch.no_grad():
                 features = self.model(inputs).features
-            return TrainingLossOutput(loss=F.cross_entropy(self.model.classifier(features), labels.long()))
+            return TrainingLossOutput(loss=F.cross_entropy(self.model.classify(features), labels.long()))
         if stage != "purifier":
             raise ValueError(f"stage={stage!r} is invalid; accepted: 'purifier' or 'head'.")
         purified = self.model.purifier(pixel_values)
@@ -171,6 +185,7 @@ class CRoPDTrainingObjective(nn.Module):
             self.model.contrastive_features(adversarial_pixel_values),
             labels,
             temperature=config.contrastive_temperature,
+            standardize=config.standardize_contrastive_features,
         )
         return TrainingLossOutput(
             loss=reconstruction + config.contrastive_weight * contrastive,

@@ -28,6 +28,8 @@ from .configuration_cropd import CRoPDConfig
 
 # Pixels outside [0, 1] by less than this are float noise, not a wrong value range.
 PIXEL_RANGE_TOLERANCE = 1e-4
+# A residual purifier adds its correction to logit(x); pixels at exactly 0 or 1 are clamped this far inside.
+RESIDUAL_LOGIT_EPS = 1e-3
 
 
 @dataclass
@@ -185,7 +187,7 @@ class CRoPDModel(CRoPDPreTrainedModel):
     """
 
     # `AutoModel.from_pretrained` on a full CRoPD checkpoint gives the purifier: the head is expected to be left.
-    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
+    _keys_to_ignore_on_load_unexpected = [r"^(classifier|feature_norm)\."]
 
     def __init__(self, config: CRoPDConfig):
         super().__init__(config)
@@ -209,6 +211,9 @@ class CRoPDModel(CRoPDPreTrainedModel):
         decoded = self.decoder(encoded.last_hidden_state, encoded.ids_restore)
         # unpatchify only reads patch_size, num_channels and image_size from the config it is given.
         image_logits = ViTMAEForPreTraining.unpatchify(self.encoder, decoded.logits)
+        if self.config.purifier_residual:
+            # The decoder predicts a correction in logit space: g starts as the identity, and stays in (0, 1).
+            image_logits = image_logits + torch.logit(pixel_values, eps=RESIDUAL_LOGIT_EPS)
         tokens = encoded.last_hidden_state
         pooled = tokens[:, 0] if self.config.purifier_pooling == "cls" else tokens[:, 1:].mean(dim=1)
         return CRoPDPurifierOutput(
@@ -236,7 +241,9 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
         super().__init__(config)
         self.purifier = CRoPDModel(config) if config.use_purifier else None
         self.foundation = AutoModel.from_config(self._foundation_config())
-        self.classifier = nn.Linear(_feature_size(self.foundation.config), config.num_labels)
+        feature_size = _feature_size(self.foundation.config)
+        self.feature_norm = nn.BatchNorm1d(feature_size, affine=False) if config.head_batch_norm else nn.Identity()
+        self.classifier = nn.Linear(feature_size, config.num_labels)
         self.post_init()
         if get_torch_context_manager_or_global_device() != torch.device("meta"):
             self.load_foundation_weights()
@@ -321,6 +328,10 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
             outputs = self.foundation(pixel_values=images)
         return _pool(outputs, config.foundation_pooling)
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """`h`: logits from the foundation model's pooled features."""
+        return self.classifier(self.feature_norm(features))
+
     def contrastive_features(
         self, pixel_values: torch.Tensor, purifier_output: CRoPDPurifierOutput | None = None
     ) -> torch.Tensor:
@@ -355,7 +366,7 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
         purify = self.config.use_purifier if purify is None else purify
         purified = self.purify(pixel_values) if purify else None
         features = self.foundation_features(purified if purify else pixel_values)
-        logits = self.classifier(features)
+        logits = self.classify(features)
         loss = None
         if labels is not None:
             _check_labels(labels, len(pixel_values), self.config.num_labels)

@@ -41,8 +41,9 @@ def test_checkpoint_folder_holds_g_and_h_only_as_safetensors(checkpoint):
         keys = set(weights.keys())
     assert not [key for key in keys if key.startswith("foundation")]
     # transformers may write ViT-MAE layers under their legacy names, so compare what is stored, not the names.
-    assert {key.split(".")[0] for key in keys} == {"purifier", "classifier"}
-    assert len(keys) == len(model.purifier.state_dict()) + len(model.classifier.state_dict())
+    parts = ("purifier", "feature_norm", "classifier")
+    assert {key.split(".")[0] for key in keys} == set(parts)
+    assert len(keys) == sum(len(getattr(model, part).state_dict()) for part in parts)
 
     g_and_h_bytes = sum(t.numel() * t.element_size() for t in load_file(folder / "model.safetensors").values())
     foundation_bytes = sum(t.numel() * t.element_size() for t in model.foundation.state_dict().values())

@@ -201,3 +201,26 @@ def test_adversarial_contrastive_loss_shape_mismatch_raises(clean, adversarial):
 def test_reconstruction_loss_shape_mismatch_raises():
     with pytest.raises(ValueError, match="same shape"):
         reconstruction_loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
+
+
+def test_standardized_contrastive_loss_uses_the_clean_batch_statistics():
+    generator = torch.Generator().manual_seed(0)
+    # A large shared component puts every cosine similarity near 1; standardizing removes it.
+    common = 50 * torch.randn(1, 6, generator=generator)
+    clean = common + torch.randn(8, 6, generator=generator)
+    adversarial = clean + 0.1 * torch.randn(8, 6, generator=generator)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    mean, std = clean.mean(dim=0), clean.std(dim=0)
+    expected = adversarial_contrastive_loss((clean - mean) / std, (adversarial - mean) / std, labels)
+    got = adversarial_contrastive_loss(clean, adversarial, labels, standardize=True)
+    torch.testing.assert_close(got, expected)
+    # Without it the loss sits at log(2N - 1), every view equally similar, and gives almost no gradient.
+    adversarial.requires_grad_(True)
+    raw = adversarial_contrastive_loss(clean, adversarial, labels)
+    assert raw.item() == pytest.approx(math.log(2 * 8 - 1), abs=0.01)
+    (raw_gradient,) = torch.autograd.grad(raw, adversarial)
+    standardized = adversarial_contrastive_loss(clean, adversarial, labels, standardize=True)
+    (standardized_gradient,) = torch.autograd.grad(standardized, adversarial)
+    assert raw_gradient.norm() < 0.01 * standardized_gradient.norm()
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        adversarial_contrastive_loss(clean[:1], adversarial[:1], labels[:1], standardize=True)

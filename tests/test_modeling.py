@@ -107,8 +107,8 @@ def test_purify_flag_and_outputs(model):
     assert purified.features.shape == (4, 32)
     plain = model(x, purify=False)
     assert plain.purified_pixel_values is None
-    torch.testing.assert_close(plain.logits, model.classifier(model.foundation_features(x)))
-    torch.testing.assert_close(purified.logits, model.classifier(model.foundation_features(model.purify(x))))
+    torch.testing.assert_close(plain.logits, model.classify(model.foundation_features(x)))
+    torch.testing.assert_close(purified.logits, model.classify(model.foundation_features(model.purify(x))))
 
 
 def test_identity_baseline_has_no_purifier(tiny_config):
@@ -166,3 +166,34 @@ def test_bad_inputs_raise_clear_errors(model, pixel_values, message):
 def test_bad_labels_raise_clear_errors(model, labels, message):
     with pytest.raises(ValueError, match=message):
         model(images(), labels=labels)
+
+
+def test_head_is_a_parameter_free_batch_norm_then_a_linear_layer(tiny_config):
+    model = CRoPDForImageClassification(tiny_config())
+    assert not list(model.feature_norm.parameters())
+    model.train()
+    model(images(batch=8, seed=3))  # training mode: the running statistics follow the batches
+    assert model.feature_norm.num_batches_tracked == 1
+    model.eval()
+    features = model(images()).features
+    expected = (features - model.feature_norm.running_mean) / torch.sqrt(model.feature_norm.running_var + 1e-5)
+    torch.testing.assert_close(model(images()).logits, model.classifier(expected))
+
+    plain = CRoPDForImageClassification(tiny_config(head_batch_norm=False)).eval()
+    output = plain(images())
+    torch.testing.assert_close(output.logits, plain.classifier(output.features))
+
+
+def test_residual_purifier_starts_close_to_the_identity(tiny_config):
+    torch.manual_seed(0)
+    purifier = CRoPDModel(tiny_config(purifier_residual=True)).eval()
+    x = images()
+    with torch.no_grad():
+        # The decoder's last layer is initialized small: the correction is small, not zero.
+        reconstruction = purifier(x).reconstruction
+        assert (reconstruction - x).abs().max() < 0.1
+        purifier.decoder.decoder_pred.weight.zero_()
+        purifier.decoder.decoder_pred.bias.zero_()
+        torch.testing.assert_close(purifier(x).reconstruction, x.clamp(1e-3, 1 - 1e-3))
+    plain = CRoPDModel(tiny_config()).eval()
+    assert (plain(x).reconstruction - x).abs().max() > 0.1
