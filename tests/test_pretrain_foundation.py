@@ -19,9 +19,13 @@ def test_pretraining_saves_a_foundation_model_that_cropd_can_reference(tmp_path)
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "linear_probe.json"} <= {
-        path.name for path in output.iterdir()
-    }
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "linear_probe.json",
+        "pretraining.json",
+    } <= {path.name for path in output.iterdir()}
     probe = json.loads((output / "linear_probe.json").read_text())
     assert set(probe["linear_probe_test_accuracy"]) == {"mean", "cls"}
     assert probe["test_images"] == 1000
