@@ -6,6 +6,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_cropd import CRoPDConfig
 from .image_processing_cropd import CRoPDImageProcessor
@@ -17,6 +18,7 @@ from .modeling_cropd import (
     CRoPDPurifierOutput,
     initialize_vit_mae_embeddings,
 )
+from .pipeline_cropd import TASK, RobustImageClassificationPipeline
 
 # In-process: the Auto classes know `cropd` once this package is imported.
 AutoConfig.register(CRoPDConfig.model_type, CRoPDConfig, exist_ok=True)
@@ -31,6 +33,13 @@ CRoPDModel.register_for_auto_class("AutoModel")
 CRoPDForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 CRoPDImageProcessor.register_for_auto_class("AutoImageProcessor")
 
+# pipeline("robust-image-classification", model=...) once this package is imported. The pipeline's own
+# save_pretrained also declares the task in config.json and copies pipeline_cropd.py and attacks.py, so such a
+# checkpoint runs it with trust_remote_code=True where cropd_hf is not installed.
+PIPELINE_REGISTRY.register_pipeline(
+    TASK, pipeline_class=RobustImageClassificationPipeline, pt_model=AutoModelForImageClassification, type="image"
+)
+
 __all__ = [
     "CRoPDConfig",
     "CRoPDForImageClassification",
@@ -39,5 +48,6 @@ __all__ = [
     "CRoPDModel",
     "CRoPDPreTrainedModel",
     "CRoPDPurifierOutput",
+    "RobustImageClassificationPipeline",
     "initialize_vit_mae_embeddings",
 ]

@@ -1,0 +1,329 @@
+"""The `robust-image-classification` pipeline: one image, three predictions — clean, attacked without the purifier,
+attacked with it.
+
+Self-contained on purpose (transformers, torch, numpy, PIL and `attacks.py` next to it):
+`RobustImageClassificationPipeline.save_pretrained` copies this file and `attacks.py` next to a checkpoint and
+declares the task in its `config.json`, so `pipeline(model=checkpoint, trust_remote_code=True)` runs it where
+cropd_hf is not installed.
+"""
+
+import numbers
+import os
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from torch import nn
+from transformers import Pipeline
+from transformers.image_processing_utils import BatchFeature
+
+from .attacks import FGSM, PGD, Attack
+
+TASK = "robust-image-classification"
+ATTACKS = ("fgsm", "pgd")
+DEFAULT_PGD_STEPS = 10
+# Larger images are refused before they are decoded: the model looks at a few dozen pixels a side anyway.
+MAX_IMAGE_SIDE = 4096
+# PGD starts from a random point; a fixed seed per request makes the same request give the same answer.
+ATTACK_SEED = 0
+
+
+class RobustImageClassificationPipeline(Pipeline):
+    """
+    Classifies an image with a CRoPD model, and, with `attack`, shows what a white-box L∞ attack does to the chain
+    without the purifier, `h(f(x))`, and to the chain with it, `h(f(g(x)))`.
+
+    Each chain is attacked on its own, end to end, in eval mode with input gradients (two separate attacks); an
+    attack's label is that chain's own clean prediction (the true label of an image given to a pipeline is unknown),
+    so "attacked" means "pushed away from what the chain said on the clean image". A model built without a purifier
+    (the Identity baseline) has no chain with the purifier: its output says `has_purifier=False` and gives `None` there.
+
+    `save_pretrained` declares the pipeline in the checkpoint (`custom_pipelines` in `config.json`, this file and
+    `attacks.py` beside it) for `pipeline(model=checkpoint, trust_remote_code=True)` without cropd_hf. transformers
+    then treats the pipeline of such a checkpoint as remote code even where cropd_hf is installed: pass
+    `trust_remote_code=True`, or a loaded model (`pipeline(TASK, model=model, image_processor=processor)`).
+
+    Example:
+
+    ```python
+    >>> import cropd_hf  # registers the task
+    >>> from transformers import pipeline
+
+    >>> robust = pipeline("robust-image-classification", model="outputs/embedded")
+    >>> robust("digit.png", attack="pgd", epsilon=0.1, steps=10)
+    {'clean': [{'label': '7', 'score': 0.99}, ...], 'attacked_without_purifier': [...],
+     'attacked_with_purifier': [...], 'attack': {'name': 'PGD', 'eps': 0.1, 'alpha': 0.025, 'steps': 10, ...},
+     'has_purifier': True}
+    ```
+    """
+
+    _load_processor = False
+    _load_image_processor = True
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self.model.config, "model_type", None) != "cropd":
+            raise ValueError(
+                f"The {TASK} pipeline needs a CRoPD model (model_type 'cropd'); got "
+                f"{type(self.model).__name__} with model_type {getattr(self.model.config, 'model_type', None)!r}."
+            )
+        if self.image_processor is None:
+            raise ValueError(
+                f"The {TASK} pipeline needs the checkpoint's image processor (preprocessor_config.json), or "
+                "image_processor=CRoPDImageProcessor(...)."
+            )
+        # Predictions and attacks alike in eval mode: dropout off, batch norm on its running statistics.
+        self.model.eval()
+
+    def _sanitize_parameters(
+        self,
+        top_k: int | None = None,
+        attack: str | None = None,
+        epsilon: float | None = None,
+        steps: int | None = None,
+        return_images: bool | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        forward_params: dict[str, Any] = {}
+        if attack is not None:
+            if not isinstance(attack, str) or attack.lower() not in ATTACKS:
+                raise ValueError(f"attack={attack!r} is invalid; accepted: None, 'fgsm' or 'pgd'.")
+            forward_params["attack"] = attack.lower()
+        if epsilon is not None:
+            if not _is_real(epsilon) or not 0 <= epsilon <= 1:
+                raise ValueError(
+                    f"epsilon={epsilon!r} is invalid; accepted: a number in [0, 1], the L∞ radius in [0, 1] pixel "
+                    "units (8/255 ≈ 0.031 is the paper's)."
+                )
+            forward_params["epsilon"] = float(epsilon)
+        if steps is not None:
+            if not _is_int(steps) or steps < 1:
+                raise ValueError(f"steps={steps!r} is invalid; accepted: an integer >= 1 (PGD iterations).")
+            forward_params["steps"] = int(steps)
+        if return_images is not None:
+            if not isinstance(return_images, bool):
+                raise ValueError(f"return_images={return_images!r} is invalid; accepted: True or False.")
+            forward_params["return_images"] = return_images
+        postprocess_params: dict[str, Any] = {}
+        if top_k is not None:
+            if not _is_int(top_k) or top_k < 1:
+                raise ValueError(f"top_k={top_k!r} is invalid; accepted: an integer >= 1.")
+            postprocess_params["top_k"] = int(top_k)
+        return {}, forward_params, postprocess_params
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> dict[str, Any] | list[dict[str, Any]]:
+        """
+        Classify the image(s) in `inputs`, clean and, with `attack`, attacked without and with the purifier.
+
+        Args:
+            inputs (`str`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, or a list of them):
+                A path to an image file, or an image: any PIL mode; an array or tensor `(height, width)`,
+                `(height, width, channels)` or `(channels, height, width)`, uint8 in [0, 255] or float in [0, 1].
+                Grayscale and RGB are converted to the model's channels, and the size to its native size.
+            top_k (`int`, *optional*, defaults to 5):
+                How many labels each prediction lists (at most the number of classes).
+            attack (`str`, *optional*):
+                `None` (clean prediction only), `"fgsm"` or `"pgd"` (random start, α = 2.5·ε/steps).
+            epsilon (`float`, *optional*, defaults to the model's `config.train_epsilon`):
+                L∞ radius of the attack in [0, 1] pixel units.
+            steps (`int`, *optional*, defaults to 10):
+                PGD iterations (only with `attack="pgd"`).
+            return_images (`bool`, *optional*, defaults to `False`):
+                Also return the images, as float32 arrays `(height, width, channels)` with the exact values
+                (not rounded to 8 bits, which could undo part of an attack).
+
+        Return:
+            For one input a dict, for a list a list of dicts, with:
+
+            - **clean** -- top-k `{"label", "score"}` (softmax) of the model on the image, purifier included.
+            - **attacked_without_purifier** -- top-k of `h(f(x'))`, `x'` attacked against `h(f(·))`; `None` without
+              `attack`.
+            - **attacked_with_purifier** -- top-k of `h(f(g(x'')))`, `x''` attacked against `h(f(g(·)))`; `None`
+              without `attack` or without a purifier.
+            - **attack** -- the attack's settings (name, eps, alpha, steps, restarts, random_start), or `None`.
+            - **has_purifier** -- whether the model has a purifier `g`.
+            - **images** (with `return_images`) -- `input` (the image at native size, in [0, 1]),
+              `adversarial_without_purifier` / `perturbation_without_purifier` (`x'`, `x' - x`),
+              `adversarial_with_purifier` / `perturbation_with_purifier` (`x''`, `x'' - x`), and `purified`,
+              `g(x'')` (`g(x)` without `attack`); `None` where that image does not exist.
+        """
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            raise ValueError(f"The {TASK} pipeline got an empty list of images.")
+        batch_size = kwargs.get("batch_size") or self._batch_size or 1
+        if batch_size != 1:
+            raise ValueError(f"batch_size={batch_size!r} is not supported: each image is attacked on its own.")
+        return super().__call__(inputs, **kwargs)
+
+    def get_inference_context(self) -> Any:
+        # The attacks switch autograd back on inside this context, which torch.inference_mode would forbid.
+        return torch.no_grad
+
+    def preprocess(self, image: Any) -> BatchFeature:
+        if isinstance(image, (str, os.PathLike)):
+            image = _open_image_file(os.fspath(image))
+        elif isinstance(image, (np.ndarray, torch.Tensor)):
+            _check_array(image)
+        elif isinstance(image, PIL.Image.Image):
+            _check_size(image.size, f"{image.width} x {image.height} pixels")
+        else:
+            raise ValueError(
+                f"Unsupported input {type(image).__name__}; accepted: a path to an image file, a PIL image, a numpy "
+                "array, a torch tensor, or a list of them."
+            )
+        model_inputs = self.image_processor(images=image, return_tensors="pt")
+        return model_inputs.to(self.dtype)
+
+    def _forward(
+        self,
+        model_inputs: BatchFeature,
+        attack: str | None = None,
+        epsilon: float | None = None,
+        steps: int | None = None,
+        return_images: bool = False,
+    ) -> dict[str, Any]:
+        pixel_values = model_inputs["pixel_values"]
+        generator = torch.Generator(device=pixel_values.device).manual_seed(ATTACK_SEED)
+        attacker = self._make_attack(attack, epsilon, steps, generator)
+        has_purifier = bool(self.model.config.use_purifier)
+        without_purifier = _Chain(self.model, purify=False)
+        with_purifier = _Chain(self.model, purify=True) if has_purifier else None
+
+        clean = (with_purifier if has_purifier else without_purifier)(pixel_values)
+        outputs = {
+            "clean_logits": clean.logits,
+            "attack": attacker.settings() if attacker else None,
+            "has_purifier": has_purifier,
+        }
+        images = {"input": pixel_values, "purified": clean.purified_pixel_values}
+        if attacker is not None:
+            # Each chain is attacked away from its own clean prediction.
+            labels = without_purifier(pixel_values).logits.argmax(dim=-1)
+            adversarial = attacker(without_purifier, pixel_values, labels)
+            outputs["attacked_without_purifier_logits"] = without_purifier(adversarial).logits
+            images["adversarial_without_purifier"] = adversarial
+            if with_purifier is not None:
+                adversarial = attacker(with_purifier, pixel_values, clean.logits.argmax(dim=-1))
+                attacked = with_purifier(adversarial)
+                outputs["attacked_with_purifier_logits"] = attacked.logits
+                images["adversarial_with_purifier"] = adversarial
+                images["purified"] = attacked.purified_pixel_values
+        if return_images:
+            outputs["images"] = images
+        return outputs
+
+    def _make_attack(
+        self, attack: str | None, epsilon: float | None, steps: int | None, generator: torch.Generator
+    ) -> Attack | None:
+        if attack is None:
+            if epsilon is not None or steps is not None:
+                raise ValueError("epsilon and steps set an attack; pass attack='fgsm' or attack='pgd' as well.")
+            return None
+        # Default ε: the radius the purifier was trained for.
+        epsilon = float(self.model.config.train_epsilon) if epsilon is None else epsilon
+        if attack == "fgsm":
+            if steps is not None:
+                raise ValueError("FGSM takes one step; steps only applies to attack='pgd'.")
+            return FGSM(epsilon)
+        steps = DEFAULT_PGD_STEPS if steps is None else steps
+        return PGD(epsilon, alpha=2.5 * epsilon / steps, steps=steps, generator=generator)
+
+    def postprocess(self, model_outputs: dict[str, Any], top_k: int = 5) -> dict[str, Any]:
+        top_k = min(top_k, self.model.config.num_labels)
+        result = {
+            "clean": self._top_k(model_outputs["clean_logits"], top_k),
+            "attacked_without_purifier": self._top_k(model_outputs.get("attacked_without_purifier_logits"), top_k),
+            "attacked_with_purifier": self._top_k(model_outputs.get("attacked_with_purifier_logits"), top_k),
+            "attack": model_outputs["attack"],
+            "has_purifier": model_outputs["has_purifier"],
+        }
+        if "images" in model_outputs:
+            images = model_outputs["images"]
+            for chain in ("without_purifier", "with_purifier"):
+                if f"adversarial_{chain}" in images:
+                    images[f"perturbation_{chain}"] = images[f"adversarial_{chain}"] - images["input"]
+            names = ("input", "purified") + tuple(
+                f"{kind}_{chain}"
+                for chain in ("without_purifier", "with_purifier")
+                for kind in ("adversarial", "perturbation")
+            )
+            result["images"] = {name: _to_channels_last(images.get(name)) for name in names}
+        return result
+
+    def _top_k(self, logits: torch.Tensor | None, top_k: int) -> list[dict[str, Any]] | None:
+        if logits is None:
+            return None
+        scores = logits[0].float().softmax(dim=-1)
+        values, indices = scores.topk(top_k)
+        id2label = self.model.config.id2label
+        return [
+            {"label": id2label[index], "score": value}
+            for value, index in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+
+
+class _Chain(nn.Module):
+    """The model with the purifier on or off, as the `model(images)` module an attack takes."""
+
+    def __init__(self, model: nn.Module, purify: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.purify = purify
+
+    def forward(self, pixel_values: torch.Tensor) -> Any:
+        return self.model(pixel_values, purify=self.purify)
+
+
+def _open_image_file(path: str) -> PIL.Image.Image:
+    if not os.path.isfile(path):
+        raise ValueError(f"No image file at {path!r}.")
+    try:
+        image = PIL.Image.open(path)  # reads the header only: the size is known before decoding
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(f"The image {path!r} is too large ({error}).") from error
+    except OSError as error:  # PIL.UnidentifiedImageError among them
+        raise ValueError(f"{path!r} is not an image file that PIL can read.") from error
+    with image:  # exif_transpose returns a copy: the file is closed whatever happens
+        _check_size(image.size, f"{image.width} x {image.height} pixels")
+        try:
+            image.load()
+            return PIL.ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt image data
+            raise ValueError(f"{path!r} is not a readable image ({error}).") from error
+
+
+def _check_array(image: np.ndarray | torch.Tensor) -> None:
+    if image.ndim not in (2, 3):
+        raise ValueError(
+            f"An image array must have 2 (height, width) or 3 (channels first or last) dimensions; got shape "
+            f"{tuple(image.shape)}. Pass several images as a list."
+        )
+    _check_size(tuple(image.shape), f"shape {tuple(image.shape)}")
+
+
+def _check_size(sides: tuple[int, ...], description: str) -> None:
+    if max(sides) > MAX_IMAGE_SIDE:
+        raise ValueError(
+            f"The image is too large ({description}); accepted: at most {MAX_IMAGE_SIDE} pixels a side. "
+            "Downscale it first."
+        )
+
+
+def _to_channels_last(image: torch.Tensor | None) -> np.ndarray | None:
+    return None if image is None else image[0].permute(1, 2, 0).float().numpy()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+__all__ = ["ATTACKS", "MAX_IMAGE_SIDE", "TASK", "RobustImageClassificationPipeline"]
