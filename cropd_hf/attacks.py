@@ -1,8 +1,8 @@
-"""White-box L∞ attacks (FGSM, PGD with restarts) in [0, 1] pixel space.
+"""White-box L∞ attacks (FGSM, PGD with restarts, APGD) in [0, 1] pixel space.
 
 An attack is called as ``attack(model, images, labels)``; ``model`` is any callable returning logits or an
 object with ``.logits`` (a transformers ``ModelOutput``). The attack maximizes a per-sample loss,
-cross-entropy by default.
+cross-entropy by default; APGD (Croce & Hein 2020) also offers the DLR loss and its targeted version.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Attack", "FGSM", "PGD", "LossFn"]
+__all__ = ["APGD", "Attack", "FGSM", "PGD", "LossFn", "dlr_loss", "targeted_dlr_loss"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss_fn(outputs, labels)`` returning per-sample losses of shape (B,)."""
@@ -120,16 +120,7 @@ class Attack:
         # A leaf input: autograd.grad then touches neither the model's .grad nor the caller's graph.
         adversarial = adversarial.detach().requires_grad_(True)
         loss = self._loss(model, adversarial, labels)
-        grad = None
-        if loss.requires_grad:
-            (grad,) = torch.autograd.grad(loss.sum(), adversarial, allow_unused=True)
-        if grad is None:
-            # A silently zero gradient would make any defence look robust; refuse instead.
-            raise RuntimeError(
-                "the attack loss does not depend differentiably on the images (is the model detaching its "
-                "input or running under torch.no_grad()?); a white-box attack needs input gradients"
-            )
-        return loss.detach(), grad
+        return loss.detach(), _input_gradient(loss, adversarial)
 
     def _random_start(self, images: Tensor) -> Tensor:
         noise = torch.rand(images.shape, generator=self.generator, device=images.device, dtype=images.dtype)
@@ -226,6 +217,248 @@ class PGD(Attack):
             with torch.no_grad():
                 best = _keep_best(best, adversarial, self._loss(model, adversarial, labels))
         return best[0]
+
+
+class APGD(Attack):
+    """Auto-PGD (Croce & Hein 2020, AutoAttack's core): PGD with momentum and a self-tuning step, on the L∞ ball.
+
+    The step starts at ``2·eps`` and is halved at checkpoints (after 22 % of the steps, then at ever shorter
+    intervals of at least 6 %) when fewer than a ``rho`` share of the steps since the previous checkpoint raised the
+    loss, or when neither the step nor the best loss changed since then; the iterate then restarts from the best
+    point found. ``loss="ce"`` gives APGD-CE, ``loss="dlr"`` the shift- and scale-invariant Difference of Logits
+    Ratio, and ``targeted=True`` APGD-T: the targeted DLR loss, one run per target among the ``n_target_classes``
+    wrong classes with the highest clean logits. One run costs ``steps`` gradient evaluations, as ``PGD`` does.
+
+    Per sample the attack returns, as AutoAttack does, a misclassified iterate whenever it found one (the one with
+    the highest loss), else the iterate with the highest loss. Restarts and later targets run only on the samples
+    that are not misclassified yet.
+    """
+
+    def __init__(
+        self,
+        eps: float,
+        steps: int = 100,
+        loss: str = "ce",
+        targeted: bool = False,
+        n_target_classes: int = 9,
+        restarts: int = 1,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if loss not in ("ce", "dlr"):
+            raise ValueError(f"loss must be 'ce' or 'dlr', got {loss!r}")
+        if targeted and loss != "dlr":
+            raise ValueError("targeted APGD (APGD-T) maximizes the targeted DLR loss: pass loss='dlr'")
+        if isinstance(n_target_classes, bool) or not isinstance(n_target_classes, int) or n_target_classes < 1:
+            raise ValueError(f"n_target_classes must be an integer >= 1, got {n_target_classes!r}")
+        if not 0 < rho < 1:
+            raise ValueError(f"rho must be in (0, 1), got {rho!r}")
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        # alpha is the initial step 2·eps; the random start is part of the algorithm.
+        super().__init__(eps, 2 * float(eps), steps, restarts, True, None, generator=generator)
+        self.loss = loss
+        self.targeted = bool(targeted)
+        self.n_target_classes = n_target_classes
+        self.rho = float(rho)
+        self.momentum = float(momentum)
+
+    def settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "name": "APGD",
+            "eps": self.eps,
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "loss": self.loss,
+            "targeted": self.targeted,
+        }
+        if self.targeted:
+            settings["n_target_classes"] = self.n_target_classes
+        settings.update(initial_step_size=self.alpha, rho=self.rho, momentum=self.momentum, random_start=True)
+        return settings
+
+    def _perturb(self, model: Callable[[Tensor], Any], images: Tensor, labels: Tensor) -> Tensor:
+        with torch.no_grad():
+            clean_logits = _as_tensor(model(images))
+        self._check_logits(clean_logits, labels)
+        if self.targeted:
+            # The most likely wrong classes first, as AutoAttack orders its targets.
+            ranked = clean_logits.masked_fill(_one_hot(labels, clean_logits), -math.inf).argsort(dim=1, descending=True)
+            targets: list[Tensor | None] = [ranked[:, rank] for rank in range(self.n_target_classes)]
+        else:
+            targets = [None]
+        best = images.clone()
+        best_loss = images.new_full((len(images),), -math.inf)
+        best_fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        for target in targets:
+            for _ in range(self.restarts):
+                active = (~best_fooled).nonzero().squeeze(1)
+                if len(active) == 0:
+                    return best
+                adversarial, loss, fooled = self._run(
+                    model, images[active], labels[active], None if target is None else target[active]
+                )
+                better = _ranks_higher(fooled, loss, best_fooled[active], best_loss[active])
+                chosen = active[better]
+                best[chosen], best_loss[chosen], best_fooled[chosen] = (
+                    adversarial[better],
+                    loss[better],
+                    fooled[better],
+                )
+        return best
+
+    def _run(
+        self, model: Callable[[Tensor], Any], images: Tensor, labels: Tensor, targets: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One APGD run from a random start: the returned iterate per sample, its loss and whether it fools."""
+        shape = (-1, *[1] * (images.dim() - 1))
+        step = images.new_full((len(images),), self.alpha)
+        adversarial = self._random_start(images)
+        loss, grad, fooled = self._evaluate(model, adversarial, labels, targets, need_grad=True)
+        # The algorithm's best point (its restarts go there) and the point returned (misclassified ones first).
+        best, best_loss, best_grad = adversarial, loss, grad
+        returned, returned_loss, returned_fooled = adversarial, loss, fooled
+        previous_iterate, previous_loss = adversarial, loss
+        checkpoints = _apgd_checkpoints(self.steps)
+        last_checkpoint = 0
+        increases = torch.zeros(len(images), dtype=torch.long, device=images.device)
+        best_loss_at_checkpoint = best_loss
+        reduced_at_checkpoint = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        for k in range(1, self.steps + 1):
+            with torch.no_grad():
+                candidate = self._project(adversarial + step.view(shape) * grad.sign(), images)
+                if k > 1:
+                    moved = self.momentum * (candidate - adversarial) + (1 - self.momentum) * (
+                        adversarial - previous_iterate
+                    )
+                    candidate = self._project(adversarial + moved, images)
+            previous_iterate, adversarial = adversarial, candidate
+            # The last iterate needs its loss only: the budget is `steps` gradient evaluations.
+            loss, grad, fooled = self._evaluate(model, adversarial, labels, targets, need_grad=k < self.steps)
+            increases += loss > previous_loss
+            previous_loss = loss
+            improved = loss > best_loss
+            best = torch.where(improved.view(shape), adversarial, best)
+            if grad is not None:
+                best_grad = torch.where(improved.view(shape), grad, best_grad)
+            best_loss = torch.where(improved, loss, best_loss)
+            better = _ranks_higher(fooled, loss, returned_fooled, returned_loss)
+            returned = torch.where(better.view(shape), adversarial, returned)
+            returned_loss = torch.where(better, loss, returned_loss)
+            returned_fooled = torch.where(better, fooled, returned_fooled)
+            if k in checkpoints:
+                oscillating = increases < self.rho * (k - last_checkpoint)
+                stalled = ~reduced_at_checkpoint & (best_loss <= best_loss_at_checkpoint)
+                reduce = oscillating | stalled
+                step = torch.where(reduce, step / 2, step)
+                adversarial = torch.where(reduce.view(shape), best, adversarial)
+                grad = torch.where(reduce.view(shape), best_grad, grad)
+                previous_loss = torch.where(reduce, best_loss, previous_loss)
+                reduced_at_checkpoint, best_loss_at_checkpoint = reduce, best_loss
+                increases = torch.zeros_like(increases)
+                last_checkpoint = k
+        return returned, returned_loss, returned_fooled
+
+    def _evaluate(
+        self,
+        model: Callable[[Tensor], Any],
+        adversarial: Tensor,
+        labels: Tensor,
+        targets: Tensor | None,
+        need_grad: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        adversarial = adversarial.detach().requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            logits = _as_tensor(model(adversarial))
+            if self.loss == "ce":
+                loss = F.cross_entropy(logits, labels.long(), reduction="none")
+            elif targets is None:
+                loss = dlr_loss(logits, labels)
+            else:
+                loss = targeted_dlr_loss(logits, labels, targets)
+        grad = _input_gradient(loss, adversarial) if need_grad else None
+        return loss.detach(), grad, logits.detach().argmax(dim=1) != labels
+
+    def _check_logits(self, logits: Tensor, labels: Tensor) -> None:
+        if logits.dim() != 2 or logits.shape[0] != len(labels):
+            raise ValueError(
+                f"APGD needs logits of shape (B, num_classes) = ({len(labels)}, num_classes), got {tuple(logits.shape)}"
+            )
+        num_classes = logits.shape[1]
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(
+                f"labels must be class indices in [0, {num_classes}) for the model's {num_classes} logits, "
+                f"got values in [{labels.min().item()}, {labels.max().item()}]"
+            )
+        # The DLR denominator reads the 3rd (targeted: also the 4th) largest logit.
+        needed = 4 if self.targeted else 3 if self.loss == "dlr" else 2
+        if num_classes < needed:
+            raise ValueError(f"APGD with {self._loss_name()} needs at least {needed} classes, got {num_classes}")
+        if self.targeted and self.n_target_classes > num_classes - 1:
+            raise ValueError(
+                f"n_target_classes={self.n_target_classes} exceeds the {num_classes - 1} wrong classes of a "
+                f"{num_classes}-class model; pass n_target_classes <= {num_classes - 1}"
+            )
+
+    def _loss_name(self) -> str:
+        return "the targeted DLR loss" if self.targeted else "the DLR loss" if self.loss == "dlr" else "cross-entropy"
+
+
+def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Difference of Logits Ratio per sample, ``-(z_y - max_{i≠y} z_i) / (z_π1 - z_π3)`` (Croce & Hein 2020).
+
+    ``z_π1 ≥ z_π2 ≥ …`` are the sorted logits. Positive exactly when the sample is misclassified; invariant to
+    shifting and scaling the logits, so a defence cannot hide behind saturated softmax outputs.
+    """
+    ordered = logits.sort(dim=1, descending=True).values
+    true = logits.gather(1, labels.long()[:, None]).squeeze(1)
+    best_other = logits.masked_fill(_one_hot(labels, logits), -math.inf).amax(dim=1)
+    return -(true - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """Targeted DLR per sample, ``-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)`` (Croce & Hein 2020): positive when
+    the target ``t`` outscores the true class."""
+    ordered = logits.sort(dim=1, descending=True).values
+    true = logits.gather(1, labels.long()[:, None]).squeeze(1)
+    target = logits.gather(1, targets.long()[:, None]).squeeze(1)
+    return -(true - target) / (ordered[:, 0] - (ordered[:, 2] + ordered[:, 3]) / 2 + 1e-12)
+
+
+def _apgd_checkpoints(steps: int) -> set[int]:
+    """Iterations where APGD may halve its step: ``ceil(p_j·steps)`` for ``p_0 = 0``, ``p_1 = 0.22``,
+    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``; kept in hundredths so that the ceiling is exact."""
+    checkpoints = set()
+    previous, current = 0, 22
+    while current <= 100:
+        checkpoints.add(-(-current * steps // 100))
+        previous, current = current, current + max(current - previous - 3, 6)
+    return {k for k in checkpoints if 0 < k < steps}
+
+
+def _ranks_higher(fooled: Tensor, loss: Tensor, other_fooled: Tensor, other_loss: Tensor) -> Tensor:
+    """Per sample: misclassified beats not misclassified; among equals the strictly higher loss wins."""
+    return (fooled & ~other_fooled) | ((fooled == other_fooled) & (loss > other_loss))
+
+
+def _one_hot(labels: Tensor, logits: Tensor) -> Tensor:
+    return F.one_hot(labels.long(), logits.shape[1]).bool()
+
+
+def _input_gradient(loss: Tensor, inputs: Tensor) -> Tensor:
+    """Gradient of the summed per-sample ``loss`` w.r.t. the leaf ``inputs`` only."""
+    grad = None
+    if loss.requires_grad:
+        (grad,) = torch.autograd.grad(loss.sum(), inputs, allow_unused=True)
+    if grad is None:
+        # A silently zero gradient would make any defence look robust; refuse instead.
+        raise RuntimeError(
+            "the attack loss does not depend differentiably on the images (is the model detaching its "
+            "input or running under torch.no_grad()?); a white-box attack needs input gradients"
+        )
+    return grad
 
 
 def _keep_best(best: _Best | None, adversarial: Tensor, loss: Tensor) -> _Best:
