@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,3 +233,55 @@ def test_resume_picks_the_newest_finished_checkpoint(tmp_path):
     assert train.latest_checkpoint(tmp_path).name == "head-epoch-001"
     with pytest.raises(train.RunConfigError, match="no checkpoint"):
         train.latest_checkpoint(tmp_path / "elsewhere")
+
+
+SITECUSTOMIZE = """
+import json, os
+import huggingface_hub
+
+def _record(name):
+    def method(self, *args, **kwargs):
+        with open(os.environ["CROPD_TEST_HUB_CALLS"], "a") as log:
+            log.write(json.dumps({"call": name, "args": [str(a) for a in args],
+                                  "kwargs": {k: str(v) for k, v in kwargs.items()}}) + "\\n")
+    return method
+
+# No network here: record what would have been sent to the Hub instead of sending it.
+huggingface_hub.HfApi.create_repo = _record("create_repo")
+huggingface_hub.HfApi.upload_folder = _record("upload_folder")
+"""
+
+
+def test_push_to_hub_uploads_the_output_folder_with_a_hub_foundation_model(run_file, foundation_folder, tmp_path):
+    # The foundation model as a Hub id, served from a local Hub cache (the real from_pretrained path, offline).
+    snapshot = tmp_path / "hub" / "models--org--tiny-vit-mae" / "snapshots" / ("0" * 40)
+    shutil.copytree(foundation_folder, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    calls = tmp_path / "hub-calls.jsonl"
+    env = {
+        **ENV,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "PYTHONPATH": str(tmp_path / "site"),
+        "CROPD_TEST_HUB_CALLS": str(calls),
+    }
+    output = tmp_path / "out"
+    config = run_file(model={"foundation_model_name_or_path": "org/tiny-vit-mae"})
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), "--config", str(config), "--output_dir", str(output), "--push_to_hub",
+         "--hub_model_id", "org/cropd-tiny"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [call["call"] for call in recorded] == ["create_repo", "upload_folder"]
+    assert recorded[1]["kwargs"]["repo_id"] == "org/cropd-tiny"
+    assert recorded[1]["kwargs"]["folder_path"] == str(output)
+
+    config_json = json.loads((output / "config.json").read_text())
+    assert config_json["foundation_model_name_or_path"] == "org/tiny-vit-mae"
+    assert "robust-image-classification" in config_json["custom_pipelines"]
+    assert {"pipeline_cropd.py", "attacks.py", "modeling_cropd.py"} <= {path.name for path in output.iterdir()}
+    assert ModelCard.load(output / "README.md").data.base_model == "org/tiny-vit-mae"

@@ -22,10 +22,16 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from cropd_hf import CRoPDConfig, CRoPDForImageClassification, CRoPDImageProcessor
+from cropd_hf import (
+    CRoPDConfig,
+    CRoPDForImageClassification,
+    CRoPDImageProcessor,
+    RobustImageClassificationPipeline,
+)
 from cropd_hf.attacks import FGSM, PGD
 from cropd_hf.data import label_names, load_image_dataset, with_pixel_values
 from cropd_hf.losses import CRoPDTrainingObjective, contrastive_adversarial_examples
@@ -220,8 +226,15 @@ def train(args: argparse.Namespace) -> None:
     if accelerator.is_main_process:
         staging = work_dir / "output"
         shutil.rmtree(staging, ignore_errors=True)
-        unwrapped.save_pretrained(staging)
-        processor.save_pretrained(staging)
+        if args.push_to_hub:
+            # On the Hub the checkpoint also declares its pipeline, for trust_remote_code=True without cropd_hf
+            # (transformers then asks for trust_remote_code for that pipeline even where cropd_hf is installed).
+            RobustImageClassificationPipeline(
+                model=unwrapped, image_processor=processor, device=unwrapped.device
+            ).save_pretrained(staging)
+        else:
+            unwrapped.save_pretrained(staging)
+            processor.save_pretrained(staging)
         write_report(staging, unwrapped.config, run, results, config_name=args.config.stem)
         if (work_dir / args.config.stem).is_dir():  # tensorboard logs belong with the model
             shutil.copytree(work_dir / args.config.stem, staging / "runs")
@@ -350,8 +363,6 @@ def publish(staging: Path, output_dir: Path) -> None:
 
 
 def push_to_hub(output_dir: Path, repo_id: str) -> None:
-    from huggingface_hub import HfApi
-
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="Upload CRoPD model")
