@@ -113,6 +113,18 @@ def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_f
     assert results["pgd20"].dataset_type == "mnist"
 
 
+@pytest.mark.parametrize(
+    "model", [{"use_purifier": False}, {"contrastive_weight": 0.0}, {"contrastive_features": "purifier"}]
+)
+def test_baseline_and_ablation_runs_train(run_file, tmp_path, model):
+    output = tmp_path / "out"
+    result = run_train("--config", str(run_file(model=model, eval_pgd_steps=[2])), "--output_dir", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("purifier epoch" in result.stderr) == model.get("use_purifier", True)
+    loaded = AutoModelForImageClassification.from_pretrained(output)
+    assert (loaded.purifier is not None) == model.get("use_purifier", True)
+
+
 def test_two_processes_train_with_synchronized_gradients(run_file, tmp_path):
     output = tmp_path / "out"
     command = [

@@ -171,12 +171,14 @@ def train(args: argparse.Namespace) -> None:
     train_loader = torch.utils.data.DataLoader(
         with_pixel_values(splits["train"], processor), batch_size=run.batch_size, shuffle=True, drop_last=True
     )
-    stage_epochs = {"purifier": run.purifier_epochs if config.use_purifier else 0, "head": run.head_epochs}
-    purifier_parameters = model.purifier.parameters() if config.use_purifier else []
-    optimizers = {
-        "purifier": make_optimizer(purifier_parameters, run.purifier_learning_rate, run.purifier_weight_decay),
-        "head": make_optimizer(model.classifier.parameters(), run.head_learning_rate, 0.0),
-    }
+    # The Identity baseline has no purifier, hence no stage 1.
+    stages = STAGES if config.use_purifier else ("head",)
+    stage_epochs = {"purifier": run.purifier_epochs, "head": run.head_epochs}
+    optimizers = {"head": make_optimizer(model.classifier.parameters(), run.head_learning_rate, 0.0)}
+    if config.use_purifier:
+        optimizers["purifier"] = make_optimizer(
+            model.purifier.parameters(), run.purifier_learning_rate, run.purifier_weight_decay
+        )
     # Counted on the whole loader: accelerate steps a prepared scheduler once per process per optimizer step.
     steps_per_epoch = len(train_loader)
     schedulers = {
@@ -185,14 +187,14 @@ def train(args: argparse.Namespace) -> None:
             num_warmup_steps=int(run.warmup_ratio * stage_epochs[stage] * steps_per_epoch),
             num_training_steps=max(1, stage_epochs[stage] * steps_per_epoch),
         )
-        for stage in STAGES
+        for stage in stages
     }
     objective = CRoPDTrainingObjective(model)
     objective, train_loader, *prepared = accelerator.prepare(
-        objective, train_loader, *optimizers.values(), *schedulers.values()
+        objective, train_loader, *(optimizers[stage] for stage in stages), *(schedulers[stage] for stage in stages)
     )
-    optimizers = dict(zip(STAGES, prepared[:2], strict=True))
-    schedulers = dict(zip(STAGES, prepared[2:], strict=True))
+    optimizers = dict(zip(stages, prepared[: len(stages)], strict=True))
+    schedulers = dict(zip(stages, prepared[len(stages) :], strict=True))
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
 
@@ -206,7 +208,7 @@ def train(args: argparse.Namespace) -> None:
         accelerator.print(f"resumed from {checkpoint}: epochs done {progress.epochs_done}")
 
     unwrapped = accelerator.unwrap_model(objective).model
-    for stage in STAGES:
+    for stage in stages:
         for epoch in range(progress.epochs_done[stage], stage_epochs[stage]):
             train_loader.set_epoch(epoch)
             metrics = train_one_epoch(
