@@ -37,28 +37,28 @@ def foundation_folder(tmp_path_factory) -> str:
     return str(folder)
 
 
+def tiny_cropd_config(foundation: str, **overrides) -> CRoPDConfig:
+    """A tiny CRoPD config (8x8 grayscale images, 3 classes) in front of the tiny foundation model `foundation`."""
+    values = dict(
+        image_size=8,
+        num_channels=1,
+        patch_size=2,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+        foundation_model_name_or_path=foundation,
+        foundation_image_size=16,
+        num_labels=3,
+    )
+    return CRoPDConfig(**{**values, **overrides})
+
+
 @pytest.fixture
 def tiny_config(foundation_folder):
-    """Factory of tiny CRoPD configs (8x8 grayscale images, 3 classes) in front of the tiny foundation model."""
-
-    def make(**overrides) -> CRoPDConfig:
-        values = dict(
-            image_size=8,
-            num_channels=1,
-            patch_size=2,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            decoder_hidden_size=16,
-            decoder_num_hidden_layers=1,
-            decoder_num_attention_heads=2,
-            decoder_intermediate_size=32,
-            foundation_model_name_or_path=foundation_folder,
-            foundation_image_size=16,
-            num_labels=3,
-        )
-        values.update(overrides)
-        return CRoPDConfig(**values)
-
-    return make
+    """Factory of tiny CRoPD configs in front of the session's tiny foundation model."""
+    return lambda **overrides: tiny_cropd_config(foundation_folder, **overrides)

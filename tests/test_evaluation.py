@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_cropd_config
 from datasets import Dataset
 from torch import nn
 
-from cropd_hf import CRoPDConfig, CRoPDForImageClassification, CRoPDImageProcessor
+from cropd_hf import CRoPDForImageClassification, CRoPDImageProcessor
 from cropd_hf.attacks import APGD, FGSM, PGD
 from cropd_hf.data import SKLEARN_DIGITS, load_image_dataset, pixel_tensors
 from cropd_hf.evaluation import (
@@ -81,23 +82,7 @@ SETTINGS = EvaluationSettings(pgd_steps=(5,), apgd_steps=5, apgd_targets=3, batc
 def _tiny_checkpoint(folder: Path, foundation: str, use_purifier: bool) -> None:
     """A tiny CRoPD model for 8x8 digits; purifier trained as an auto-encoder, head fit on frozen features."""
     torch.manual_seed(0)
-    config = CRoPDConfig(
-        image_size=8,
-        num_channels=1,
-        patch_size=2,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-        foundation_model_name_or_path=foundation,
-        foundation_image_size=16,
-        num_labels=10,
-        use_purifier=use_purifier,
-    )
+    config = tiny_cropd_config(foundation, num_labels=10, use_purifier=use_purifier)
     model = CRoPDForImageClassification(config)
     processor = CRoPDImageProcessor(size={"height": 8, "width": 8}, num_channels=1)
     images, labels = pixel_tensors(load_image_dataset(SKLEARN_DIGITS)["train"], processor)

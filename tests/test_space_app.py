@@ -18,6 +18,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_cropd_config
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -27,7 +28,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from transformers import pipeline
 
-from cropd_hf import CRoPDConfig, CRoPDForImageClassification, CRoPDImageProcessor
+from cropd_hf import CRoPDForImageClassification, CRoPDImageProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "space_app"
@@ -52,21 +53,8 @@ CHROMIUM_FLAGS = [
 def save_checkpoint(folder: Path, foundation: str, **overrides: object) -> Path:
     """A tiny CRoPD checkpoint (8x8 grayscale, 3 named classes), as tests/conftest.py's tiny_config builds one."""
     torch.manual_seed(0)
-    config = CRoPDConfig(
-        image_size=8,
-        num_channels=1,
-        patch_size=2,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-        foundation_model_name_or_path=foundation,
-        foundation_image_size=16,
-        num_labels=3,
+    config = tiny_cropd_config(
+        foundation,
         id2label=LABELS,
         label2id={name: index for index, name in LABELS.items()},
         train_epsilon=0.1,
