@@ -19,48 +19,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Pipeline, ViTMAEConfig, ViTMAEModel
+from transformers import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space_app"))
+from _common import cropd_config, save_foundation
 from model_loading import EMBEDDED_CHECKPOINT, load_pipeline  # noqa: E402
 
-from cropd_hf import CRoPDConfig, CRoPDForImageClassification, CRoPDImageProcessor, initialize_vit_mae_embeddings
+from cropd_hf import CRoPDForImageClassification, CRoPDImageProcessor
 
 TARGET_SECONDS = 2.0
 
 
 def tiny_checkpoint(folder: Path) -> str:
-    """A tiny random CRoPD model (8x8 grayscale, 3 classes) and its foundation model, saved under `folder`."""
+    """A tiny random CRoPD model (8x8 grayscale) and its foundation model, saved under `folder`."""
     torch.manual_seed(0)
-    foundation = ViTMAEModel(
-        ViTMAEConfig(
-            image_size=16,
-            patch_size=4,
-            num_channels=3,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    )
-    initialize_vit_mae_embeddings(foundation)
-    foundation.save_pretrained(folder / "foundation")
-    config = CRoPDConfig(
-        image_size=8,
-        num_channels=1,
-        patch_size=2,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-        foundation_model_name_or_path=str(folder / "foundation"),
-        foundation_image_size=16,
-        num_labels=3,
-    )
+    config = cropd_config(save_foundation(folder, smoke=True), smoke=True, num_channels=1)
     CRoPDForImageClassification(config).save_pretrained(folder / "cropd")
     CRoPDImageProcessor(size={"height": 8, "width": 8}, num_channels=1).save_pretrained(folder / "cropd")
     return str(folder / "cropd")
