@@ -12,6 +12,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.utils import cached_file
 
+PURIFIER_ARCHITECTURES = ("vit", "conv")
 PURIFIER_POOLINGS = ("cls", "mean")
 FOUNDATION_POOLINGS = ("cls", "mean", "pooler")
 CONTRASTIVE_FEATURES = ("foundation", "purifier")
@@ -19,12 +20,19 @@ CONTRASTIVE_FEATURES = ("foundation", "purifier")
 
 class CRoPDConfig(PreTrainedConfig):
     r"""
-    Configuration of a CRoPD model: the purifier `g` (a ViT-MAE-style auto-encoder at the dataset's native
-    resolution), the reference to the frozen foundation model `f`, the linear head `h`, and the method's
-    hyper-parameters (arXiv 2504.10850). The defaults are the paper's CIFAR-10 setting in front of
+    Configuration of a CRoPD model: the purifier `g` (an auto-encoder at the dataset's native resolution: ViT-MAE
+    style by default, or convolutional), the reference to the frozen foundation model `f`, the linear head `h`, and
+    the method's hyper-parameters (arXiv 2504.10850). The defaults are the paper's CIFAR-10 setting in front of
     `facebook/vit-mae-large`.
 
     Args:
+        purifier_architecture (`str`, *optional*, defaults to `"vit"`):
+            `"vit"`: a ViT-MAE encoder without masking and a light ViT-MAE decoder (the fields `patch_size` to
+            `qkv_bias` below). `"conv"`: a small convolutional auto-encoder whose widths are `conv_channels`.
+        conv_channels (`list[int]`, *optional*, defaults to `[32, 64, 64]`):
+            Widths of the convolutional purifier's encoder: the first convolution keeps the resolution, each further
+            one halves it (so `image_size` must be divisible by `2 ** (len(conv_channels) - 1)`); the decoder
+            mirrors it with transposed convolutions.
         image_size (`int`, *optional*, defaults to 32):
             Native (square) size of the input images; the purifier runs at this size.
         num_channels (`int`, *optional*, defaults to 3):
@@ -113,6 +121,8 @@ class CRoPDConfig(PreTrainedConfig):
 
     model_type = "cropd"
 
+    purifier_architecture: str = "vit"
+    conv_channels: list[int] | tuple[int, ...] = (32, 64, 64)
     image_size: int = 32
     num_channels: int = 3
     patch_size: int = 4
@@ -151,6 +161,7 @@ class CRoPDConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         self.foundation_image_mean = list(self.foundation_image_mean)
         self.foundation_image_std = list(self.foundation_image_std)
+        self.conv_channels = list(self.conv_channels)
         self.check_cropd_values()
         super().__post_init__(**kwargs)
 
@@ -221,12 +232,23 @@ class CRoPDConfig(PreTrainedConfig):
             if not isinstance(getattr(self, name), bool):
                 _invalid(name, getattr(self, name), "True or False")
         for name, choices in (
+            ("purifier_architecture", PURIFIER_ARCHITECTURES),
             ("purifier_pooling", PURIFIER_POOLINGS),
             ("foundation_pooling", FOUNDATION_POOLINGS),
             ("contrastive_features", CONTRASTIVE_FEATURES),
         ):
             if getattr(self, name) not in choices:
                 _invalid(name, getattr(self, name), f"one of {list(choices)}")
+        if not self.conv_channels or not all(_is_int(width) and width >= 1 for width in self.conv_channels):
+            _invalid("conv_channels", self.conv_channels, "a non-empty list of positive integers")
+        downsampling = 2 ** (len(self.conv_channels) - 1)
+        if self.purifier_architecture == "conv" and self.image_size % downsampling:
+            _invalid(
+                "conv_channels",
+                self.conv_channels,
+                f"at most as many widths as image_size={self.image_size} can be halved exactly "
+                f"(the size must be divisible by 2 ** (len(conv_channels) - 1) = {downsampling})",
+            )
         if self.image_size % self.patch_size:
             _invalid("patch_size", self.patch_size, f"a divisor of image_size={self.image_size}")
         if self.hidden_size % self.num_attention_heads:

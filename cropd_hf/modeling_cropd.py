@@ -39,8 +39,9 @@ class CRoPDPurifierOutput(ModelOutput):
         The purified image `g(x)`, pixels in [0, 1], same shape as the input.
     pooled_latent (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         The purifier encoder's latent pooled as `config.purifier_pooling` says (the "purifier" contrastive features).
-    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_patches + 1, hidden_size)`):
-        The purifier encoder's tokens (CLS first).
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_tokens, hidden_size)`):
+        The purifier encoder's tokens: CLS first, then the patches (ViT purifier), or the bottleneck's positions
+        (conv purifier, `hidden_size` = the last of `conv_channels`).
     """
 
     reconstruction: torch.FloatTensor | None = None
@@ -150,6 +151,38 @@ def purifier_vit_mae_config(config: CRoPDConfig) -> ViTMAEConfig:
     )
 
 
+class CRoPDConvAutoEncoder(nn.Module):
+    """The convolutional purifier body: `conv_channels` widths down (stride 2 after the first), mirrored up.
+
+    Returns the image logits at the input size and the bottleneck as tokens `(batch, positions, channels)`.
+    """
+
+    def __init__(self, config: CRoPDConfig) -> None:
+        super().__init__()
+        widths = [config.num_channels, *config.conv_channels]
+        down: list[nn.Module] = []
+        for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            down += [_PurifierConv(width_in, width_out, 3, stride=1 if index == 0 else 2, padding=1), nn.GELU()]
+        up: list[nn.Module] = []
+        for width_in, width_out in zip(widths[:1:-1], widths[-2:0:-1], strict=True):
+            up += [_PurifierConvTranspose(width_in, width_out, 4, stride=2, padding=1), nn.GELU()]
+        up.append(_PurifierConv(widths[1], config.num_channels, 3, padding=1))
+        self.encoder = nn.Sequential(*down)
+        self.decoder = nn.Sequential(*up)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bottleneck = self.encoder(pixel_values)
+        return self.decoder(bottleneck), bottleneck.flatten(2).transpose(1, 2)
+
+
+class _PurifierConv(nn.Conv2d):
+    """A convolution of the conv purifier (its own class so `_init_weights` gives it He initialization)."""
+
+
+class _PurifierConvTranspose(nn.ConvTranspose2d):
+    """A transposed convolution of the conv purifier (He initialization, like `_PurifierConv`)."""
+
+
 def _fixed_patch_order(batch_size: int, num_patches: int, device: torch.device) -> torch.Tensor:
     # ViT-MAE shuffles patches by argsort(noise); increasing noise keeps every patch in its place, every time.
     return torch.arange(num_patches, device=device, dtype=torch.float32).expand(batch_size, -1)
@@ -165,6 +198,15 @@ class CRoPDPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["ViTMAEEmbeddings", "ViTMAELayer", "ViTMAEDecoder"]
 
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (_PurifierConv, _PurifierConvTranspose)):
+            # The ViT default (N(0, 0.02)) shrinks the signal of a GELU conv stack layer after layer.
+            init.kaiming_normal_(module.weight, nonlinearity="relu")
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         # Any CRoPD checkpoint opens with both Auto classes under trust_remote_code, as it does in-process:
         # AutoModel gives the purifier, AutoModelForImageClassification the whole chain.
@@ -179,11 +221,12 @@ class CRoPDPreTrainedModel(PreTrainedModel):
 
 
 class CRoPDModel(CRoPDPreTrainedModel):
-    """The CRoPD purifier `g`: a ViT-MAE encoder without masking and a light ViT-MAE decoder, at native size.
+    """The CRoPD purifier `g`: an auto-encoder at native size.
 
     Maps `pixel_values` in [0, 1] to an image of the same shape in [0, 1] (the reconstruction) and a pooled
-    latent. Built from transformers' own `ViTMAEModel` and `ViTMAEDecoder`, so gradients reach the input and a
-    pre-trained MAE can initialize it.
+    latent. With `purifier_architecture="vit"` (the default) it is transformers' own `ViTMAEModel` without masking
+    and a light `ViTMAEDecoder`, so a pre-trained MAE can initialize it; with `"conv"`, a small convolutional
+    auto-encoder (`CRoPDConvAutoEncoder`).
     """
 
     # `AutoModel.from_pretrained` on a full CRoPD checkpoint gives the purifier: the head is expected to be left.
@@ -191,6 +234,10 @@ class CRoPDModel(CRoPDPreTrainedModel):
 
     def __init__(self, config: CRoPDConfig):
         super().__init__(config)
+        if config.purifier_architecture == "conv":
+            self.autoencoder = CRoPDConvAutoEncoder(config)
+            self.post_init()
+            return
         vit_config = purifier_vit_mae_config(config)
         self.encoder = ViTMAEModel(vit_config)
         self.num_patches = self.encoder.embeddings.patch_embeddings.num_patches
@@ -206,16 +253,20 @@ class CRoPDModel(CRoPDPreTrainedModel):
             Images with pixels in [0, 1] at the native size.
         """
         check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
-        noise = _fixed_patch_order(pixel_values.shape[0], self.num_patches, pixel_values.device)
-        encoded = self.encoder(pixel_values=pixel_values, noise=noise, **kwargs)
-        decoded = self.decoder(encoded.last_hidden_state, encoded.ids_restore)
-        # unpatchify only reads patch_size, num_channels and image_size from the config it is given.
-        image_logits = ViTMAEForPreTraining.unpatchify(self.encoder, decoded.logits)
+        if self.config.purifier_architecture == "conv":
+            image_logits, tokens = self.autoencoder(pixel_values)
+            pooled = tokens.mean(dim=1)
+        else:
+            noise = _fixed_patch_order(pixel_values.shape[0], self.num_patches, pixel_values.device)
+            encoded = self.encoder(pixel_values=pixel_values, noise=noise, **kwargs)
+            decoded = self.decoder(encoded.last_hidden_state, encoded.ids_restore)
+            # unpatchify only reads patch_size, num_channels and image_size from the config it is given.
+            image_logits = ViTMAEForPreTraining.unpatchify(self.encoder, decoded.logits)
+            tokens = encoded.last_hidden_state
+            pooled = tokens[:, 0] if self.config.purifier_pooling == "cls" else tokens[:, 1:].mean(dim=1)
         if self.config.purifier_residual:
             # The decoder predicts a correction in logit space: g starts as the identity, and stays in (0, 1).
             image_logits = image_logits + torch.logit(pixel_values, eps=RESIDUAL_LOGIT_EPS)
-        tokens = encoded.last_hidden_state
-        pooled = tokens[:, 0] if self.config.purifier_pooling == "cls" else tokens[:, 1:].mean(dim=1)
         return CRoPDPurifierOutput(
             reconstruction=torch.sigmoid(image_logits), pooled_latent=pooled, last_hidden_state=tokens
         )
@@ -417,6 +468,7 @@ def _check_labels(labels: Any, batch_size: int, num_labels: int) -> None:
 __all__ = [
     "CRoPDForImageClassification",
     "CRoPDImageClassifierOutput",
+    "CRoPDConvAutoEncoder",
     "CRoPDModel",
     "CRoPDPreTrainedModel",
     "CRoPDPurifierOutput",
