@@ -72,7 +72,8 @@ class CRoPDConfig(PreTrainedConfig):
             a correction in logit space, `g(x) = sigmoid(logit(x) + decoder(x))`, so `g` starts as the identity
             and only learns to move what the training objective asks it to.
         purifier_pooling (`str`, *optional*, defaults to `"mean"`):
-            How the purifier's latent is pooled into one vector: `"cls"` token or `"mean"` of the patch tokens.
+            How the ViT purifier's latent is pooled into one vector: `"cls"` token or `"mean"` of the patch tokens
+            (the conv purifier always averages its bottleneck).
         use_purifier (`bool`, *optional*, defaults to `True`):
             `False` builds the Identity baseline `h(f(x))`: no purifier, no purifier weights.
         contrastive_features (`str`, *optional*, defaults to `"foundation"`):

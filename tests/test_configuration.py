@@ -43,6 +43,9 @@ def test_round_trip_through_json(tmp_path):
         ("foundation_image_mean", [0.5, 0.5], "3 numbers"),
         ("num_channels", 2, "1 (repeated"),
         ("hidden_dropout_prob", 1.0, "[0, 1)"),
+        ("purifier_architecture", "unet", "'vit', 'conv'"),
+        ("conv_channels", [], "non-empty list of positive integers"),
+        ("conv_channels", [32, 0], "non-empty list of positive integers"),
     ],
 )
 def test_invalid_values_name_the_field_the_value_and_what_is_accepted(field, value, accepted):
@@ -52,3 +55,11 @@ def test_invalid_values_name_the_field_the_value_and_what_is_accepted(field, val
     assert f"CRoPDConfig.{field}=" in message
     assert repr(value) in message
     assert accepted in message
+
+
+def test_conv_purifier_needs_an_image_size_it_can_halve():
+    CRoPDConfig(purifier_architecture="conv", image_size=28, conv_channels=[8, 16, 16])
+    with pytest.raises(
+        ValueError, match=r"CRoPDConfig.conv_channels=.*divisible by 2 \*\* \(len\(conv_channels\) - 1\) = 8"
+    ):
+        CRoPDConfig(purifier_architecture="conv", image_size=28, conv_channels=[8, 16, 16, 16])

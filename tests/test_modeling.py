@@ -197,3 +197,25 @@ def test_residual_purifier_starts_close_to_the_identity(tiny_config):
         torch.testing.assert_close(purifier(x).reconstruction, x.clamp(1e-3, 1 - 1e-3))
     plain = CRoPDModel(tiny_config()).eval()
     assert (plain(x).reconstruction - x).abs().max() > 0.1
+
+
+def test_conv_purifier_maps_images_to_images_and_passes_gradients(tiny_config, tmp_path):
+    config = tiny_config(purifier_architecture="conv", conv_channels=[4, 8])
+    model = CRoPDForImageClassification(config).eval()
+    assert not hasattr(model.purifier, "encoder"), "a conv purifier carries no ViT"
+    x = images().requires_grad_(True)
+    output = model.purifier(x)
+    assert output.reconstruction.shape == x.shape
+    assert output.reconstruction.min() >= 0.0 and output.reconstruction.max() <= 1.0
+    assert output.last_hidden_state.shape == (4, 4 * 4, 8)  # 8x8 halved once, 8 channels
+    assert output.pooled_latent.shape == (4, 8)
+    # He initialization: the first layer's weights are not the ViT default N(0, 0.02).
+    assert model.purifier.autoencoder.encoder[0].weight.std() > 0.1
+
+    model(x, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert model.purifier.autoencoder.decoder[-1].weight.grad.abs().sum() > 0
+
+    model.save_pretrained(tmp_path)
+    loaded = CRoPDForImageClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(images()).logits, model(images()).logits, rtol=0, atol=0)
