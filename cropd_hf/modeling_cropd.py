@@ -166,7 +166,7 @@ class CRoPDConvAutoEncoder(nn.Module):
         up: list[nn.Module] = []
         for width_in, width_out in zip(widths[:1:-1], widths[-2:0:-1], strict=True):
             up += [_PurifierConvTranspose(width_in, width_out, 4, stride=2, padding=1), nn.GELU()]
-        up.append(_PurifierConv(widths[1], config.num_channels, 3, padding=1))
+        up.append(_PurifierOutputConv(widths[1], config.num_channels, 3, padding=1))
         self.encoder = nn.Sequential(*down)
         self.decoder = nn.Sequential(*up)
 
@@ -181,6 +181,11 @@ class _PurifierConv(nn.Conv2d):
 
 class _PurifierConvTranspose(nn.ConvTranspose2d):
     """A transposed convolution of the conv purifier (He initialization, like `_PurifierConv`)."""
+
+
+class _PurifierOutputConv(nn.Conv2d):
+    """The conv purifier's last layer, zero at start: g starts as the identity (residual) or a flat grey image,
+    never with saturated sigmoids whose gradients vanish."""
 
 
 def _fixed_patch_order(batch_size: int, num_patches: int, device: torch.device) -> torch.Tensor:
@@ -200,7 +205,10 @@ class CRoPDPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (_PurifierConv, _PurifierConvTranspose)):
+        if isinstance(module, _PurifierOutputConv):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (_PurifierConv, _PurifierConvTranspose)):
             # The ViT default (N(0, 0.02)) shrinks the signal of a GELU conv stack layer after layer.
             init.kaiming_normal_(module.weight, nonlinearity="relu")
             init.zeros_(module.bias)

@@ -212,6 +212,11 @@ def test_conv_purifier_maps_images_to_images_and_passes_gradients(tiny_config, t
     # He initialization: the first layer's weights are not the ViT default N(0, 0.02).
     assert model.purifier.autoencoder.encoder[0].weight.std() > 0.1
 
+    # The output layer starts at zero: a flat grey image, no saturated sigmoid.
+    torch.testing.assert_close(output.reconstruction, torch.full_like(x, 0.5))
+
+    with torch.no_grad():  # as after some training: the output now depends on the input
+        model.purifier.autoencoder.decoder[-1].weight.normal_()
     model(x, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert model.purifier.autoencoder.decoder[-1].weight.grad.abs().sum() > 0
@@ -219,3 +224,9 @@ def test_conv_purifier_maps_images_to_images_and_passes_gradients(tiny_config, t
     model.save_pretrained(tmp_path)
     loaded = CRoPDForImageClassification.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(images()).logits, model(images()).logits, rtol=0, atol=0)
+
+
+def test_residual_conv_purifier_starts_as_the_identity(tiny_config):
+    purifier = CRoPDModel(tiny_config(purifier_architecture="conv", conv_channels=[4, 8], purifier_residual=True))
+    x = images().clamp(0.01, 0.99)
+    torch.testing.assert_close(purifier(x).reconstruction, x)

@@ -42,6 +42,7 @@ class RunConfig:
     head_learning_rate: float = 3e-3
     head_attack_steps: int = 1
     warmup_ratio: float = 0.05
+    max_grad_norm: float | None = 1.0
     eval_split: str = "test"
     eval_epsilon: float = 0.1
     eval_alpha: float = 0.025
@@ -66,6 +67,8 @@ class RunConfig:
                 _fail(source, key, getattr(self, key), "a number > 0")
         if self.purifier_weight_decay < 0:
             _fail(source, "purifier_weight_decay", self.purifier_weight_decay, "a number >= 0")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            _fail(source, "max_grad_norm", self.max_grad_norm, "null (no clipping) or a number > 0")
         if not 0 <= self.warmup_ratio < 1:
             _fail(source, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
         if not 0 <= self.eval_epsilon <= 1:

@@ -270,6 +270,9 @@ def train_one_epoch(
         adversarial = make_training_attack(model, pixel_values, labels, run, stage)
         output = objective(pixel_values, labels, adversarial_pixel_values=adversarial, stage=stage)
         accelerator.backward(output.loss)
+        if run.max_grad_norm is not None:
+            # The contrastive loss at a low temperature has rare huge gradients that can saturate g's output.
+            accelerator.clip_grad_norm_(objective.parameters(), run.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
