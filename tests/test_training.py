@@ -233,12 +233,41 @@ def test_push_to_hub_refuses_a_foundation_model_that_is_only_a_local_folder(run_
     assert not output.exists()
 
 
-def test_resume_picks_the_newest_finished_checkpoint(tmp_path):
+def import_train():
     sys.path.insert(0, str(REPO / "training"))
     try:
         import train
     finally:
         sys.path.remove(str(REPO / "training"))
+    return train
+
+
+def test_a_purifier_from_another_run_is_used_unchanged_in_front_of_a_new_head(run_file, tmp_path):
+    train = import_train()
+    source_file = run_file()
+    source = train.build_model(train.load_run_config(source_file), [str(digit) for digit in range(10)])
+    torch.manual_seed(1)
+    for parameter in source.purifier.parameters():  # weights no fresh model could have
+        torch.nn.init.normal_(parameter, std=0.05)
+    source.save_pretrained(tmp_path / "source")
+
+    output = tmp_path / "transfer"
+    config = run_file(dataset="sklearn-digits", purifier_from=str(tmp_path / "source"), purifier_epochs=0)
+    result = run_train("--config", str(config), "--output_dir", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "purifier epoch" not in result.stderr and "head epoch 1/1" in result.stderr
+    transferred = AutoModelForImageClassification.from_pretrained(output)
+    for name, tensor in source.purifier.state_dict().items():
+        assert torch.equal(transferred.purifier.state_dict()[name], tensor), name
+
+    wider = run_file(purifier_from=str(tmp_path / "source"), model={"hidden_size": 32, "conv_channels": [8, 8]})
+    result = run_train("--config", str(wider), "--output_dir", str(tmp_path / "refused"))
+    assert result.returncode == 2 and "purifier_from=" in result.stderr and "does not fit" in result.stderr
+    assert not (tmp_path / "refused").exists()
+
+
+def test_resume_picks_the_newest_finished_checkpoint(tmp_path):
+    train = import_train()
     checkpoints = tmp_path / "checkpoints"
     for name in ("purifier-epoch-009", "purifier-epoch-010", "head-epoch-001", "head-epoch-002.partial"):
         (checkpoints / name).mkdir(parents=True)

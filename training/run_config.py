@@ -33,6 +33,8 @@ class RunConfig:
     max_train_samples: int | None = None
     seed: int = 0
     output_dir: str | None = None
+    # A CRoPD checkpoint (folder or Hub id) whose purifier starts this run; with purifier_epochs 0 it is used as is.
+    purifier_from: str | None = None
     batch_size: int = 128
     purifier_epochs: int = 5
     purifier_learning_rate: float = 1e-3

@@ -30,6 +30,7 @@ from cropd_hf import (
     CRoPDConfig,
     CRoPDForImageClassification,
     CRoPDImageProcessor,
+    CRoPDModel,
     RobustImageClassificationPipeline,
 )
 from cropd_hf.attacks import FGSM, PGD
@@ -109,7 +110,29 @@ def build_model(run: RunConfig, labels: list[str]) -> CRoPDForImageClassificatio
         label2id={label: index for index, label in enumerate(labels)},
         **model_settings,
     )
-    return CRoPDForImageClassification(config)
+    model = CRoPDForImageClassification(config)
+    if run.purifier_from is not None:
+        load_purifier(model, run.purifier_from)
+    return model
+
+
+def load_purifier(model: CRoPDForImageClassification, source: str) -> None:
+    """Copy the purifier of the CRoPD checkpoint `source` into `model` (cross-dataset transfer, or a new head)."""
+    if model.purifier is None:
+        raise RunConfigError(
+            f"purifier_from={source!r} was given, but the model has no purifier (use_purifier: false)."
+        )
+    try:
+        purifier = CRoPDModel.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise RunConfigError(f"purifier_from={source!r}: not a loadable CRoPD checkpoint ({error}).") from error
+    try:
+        model.purifier.load_state_dict(purifier.state_dict())
+    except RuntimeError as error:
+        raise RunConfigError(
+            f"purifier_from={source!r}: its purifier does not fit the run's model section (the architecture fields "
+            f"must be the same as the checkpoint's config.json): {str(error).splitlines()[0]}"
+        ) from error
 
 
 def latest_checkpoint(work_dir: Path) -> Path:
