@@ -99,7 +99,8 @@ class EvaluationSettings:
 
     The first ε of ``epsilons`` is the reference ε: the accuracy plot, the monotonicity and the transfer checks use
     it. PGD's step is ``pgd_alpha``, or ``2.5·ε/steps`` when it is None (Madry et al.'s rule). ``dataset``,
-    ``split``, ``data_seed``, ``num_samples`` and ``transfer_from`` describe the data and the reference model.
+    ``split``, ``data_seed``, ``validation_size``, ``num_samples`` and ``transfer_from`` describe the data and the
+    reference model.
     """
 
     epsilons: tuple[float, ...] = (0.1,)
@@ -116,6 +117,7 @@ class EvaluationSettings:
     dataset: str = EMBEDDED_MNIST
     split: str = "test"
     data_seed: int = 0
+    validation_size: int = 0
     num_samples: int | None = None
     transfer_from: str | None = None
 
@@ -143,6 +145,8 @@ class EvaluationSettings:
         for name in ("pgd_restarts", "apgd_steps", "apgd_restarts", "apgd_targets", "batch_size"):
             if not _is_positive_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.validation_size, int) or self.validation_size < 0:
+            raise ValueError(f"validation_size must be an integer >= 0, got {self.validation_size!r}")
         if self.num_samples is not None and not _is_positive_int(self.num_samples):
             raise ValueError(f"num_samples must be an integer >= 1 or None (the whole split), got {self.num_samples}")
 
@@ -875,6 +879,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seed that shuffled the embedded sets into train/test: the training run's seed, or test images leak "
         "from training (default: %(default)s)",
     )
+    parser.add_argument(
+        "--validation_size",
+        type=int,
+        default=defaults.validation_size,
+        help="hold out this many training images as the `validation` split, as the training run's "
+        "validation_size did (default: %(default)s)",
+    )
     parser.add_argument("--num_samples", type=int, help="the first N samples of the split (default: all)")
     parser.add_argument(
         "--batch_size", type=int, default=defaults.batch_size, help="also the unit of resuming (default: %(default)s)"
@@ -951,6 +962,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             dataset=args.dataset,
             split=args.split,
             data_seed=args.data_seed,
+            validation_size=args.validation_size,
             num_samples=args.num_samples,
             transfer_from=args.transfer_from,
         )
@@ -964,7 +976,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    splits = load_image_dataset(args.dataset, seed=args.data_seed)
+    splits = load_image_dataset(args.dataset, seed=args.data_seed, validation_size=args.validation_size)
     if args.split not in splits:
         print(f"error: {args.dataset} has no split {args.split!r}; accepted: {list(splits)}", file=sys.stderr)
         raise SystemExit(2)
