@@ -13,9 +13,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 NUMBER = r"\d+\.\d+"
 
 
-def run_smoke(script: str) -> str:
+def run_smoke(script: str, *arguments: str) -> str:
     completed = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--smoke"],
+        [sys.executable, str(BENCHMARKS / script), "--smoke", *arguments],
         env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
@@ -56,3 +56,25 @@ def test_training_cost_prints_every_variant_and_the_verdicts():
     assert ("CRoPD foundation", "eager") in rows, output
     assert re.search(r"CRoPD foundation: fastest .* \(target 0.6\); leanest .* \(target 0.5\); (meets|MISSES)", output)
     assert re.search(r"CRoPD purifier: fastest .* \(target 0.05\); (meets|MISSES) the target", output), output
+
+
+def test_scaling_prints_every_row_the_verdicts_and_writes_the_plot(tmp_path):
+    plot = tmp_path / "scaling.png"
+    output = run_smoke("scaling.py", "--plot", str(plot))
+    rows = re.findall(
+        rf"^(stage-1|PGD-20) +(\d+) +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +", output, re.MULTILINE
+    )
+    # Stage 1 starts at 2 images: its standardized contrastive loss needs 2 samples.
+    assert rows == [
+        ("stage-1", "2"),
+        ("stage-1", "8"),
+        ("stage-1", "16"),
+        ("PGD-20", "1"),
+        ("PGD-20", "8"),
+        ("PGD-20", "16"),
+    ], output
+    assert "stage-1: smallest batch 2, not 1" in output, output
+    for kind in ("stage-1", "PGD-20"):
+        assert re.search(rf"^{kind}: time (linear|SUPERLINEAR): ", output, re.MULTILINE), output
+        assert re.search(rf"^{kind}: memory (linear, no jump|JUMP at [^:]+) .*MiB/image", output, re.MULTILINE), output
+    assert plot.read_bytes().startswith(b"\x89PNG"), output
