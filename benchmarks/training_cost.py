@@ -10,9 +10,8 @@ One step of each method on the same batch of 32x32 images, same architecture:
   `"purifier"`: `contrastive_adversarial_examples` (FGSM on L_con), `CRoPDTrainingObjective`, backward, AdamW on g.
   f's weights need no gradients and have no optimizer state.
 Variants show the effect of each technique torch and transformers give: eager vs SDPA attention in f, gradient
-checkpointing of the frozen f during the loss' forward/backward (see the README: the library keeps f in eval mode, in
-which transformers does not checkpoint; the benchmark switches f's layers to training mode around the loss, harmless
-because ViT-MAE's dropout is 0), bf16 autocast (the CPU has avx512_bf16), and, for contrast, f's weights requiring
+checkpointing of the frozen f (`CRoPDForImageClassification.train` lets f's layers checkpoint while f itself, and its
+dropout, stay in eval mode), bf16 autocast (the CPU has avx512_bf16), and, for contrast, f's weights requiring
 gradients as a naive implementation would leave them.
 
 Time: medians of steps run in turns in this process. Peak memory: each variant runs in a fresh subprocess that builds
@@ -24,12 +23,11 @@ purifier" at most 0.05x AT's time.
 """
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,17 +80,6 @@ VARIANTS = [
 ]
 
 
-@contextlib.contextmanager
-def foundation_layers_training(model: CRoPDForImageClassification, on: bool) -> Iterator[None]:
-    """transformers only checkpoints layers in training mode; the library keeps f in eval mode."""
-    if on:
-        model.foundation.train()
-    try:
-        yield
-    finally:
-        model.foundation.eval()
-
-
 @dataclass
 class Trainee:
     """A model, its training objective and optimizer, shared by the variants of one method (f is 1.2 GB)."""
@@ -127,6 +114,7 @@ def build_step(variant: Variant, trainee: Trainee, batch_size: int) -> Callable[
             model.foundation.activation_checkpointing_enable({"use_reentrant": False})
         else:
             model.foundation.activation_checkpointing_disable()
+        model.train()  # CRoPDForImageClassification.train lets f's layers checkpoint while f stays in eval mode
         if variant.method != "AT":
             config.contrastive_features = variant.method
             model.foundation.requires_grad_(variant.foundation_weight_grads)
@@ -136,8 +124,7 @@ def build_step(variant: Variant, trainee: Trainee, batch_size: int) -> Callable[
                 loss = model(adversarial, labels=labels).loss
             else:
                 adversarial = contrastive_adversarial_examples(model, images, labels)
-                with foundation_layers_training(model, variant.checkpointing):
-                    loss = trainee.objective(images, labels, adversarial).loss
+                loss = trainee.objective(images, labels, adversarial).loss
         loss.backward()
         trainee.optimizer.step()
         trainee.optimizer.zero_grad(set_to_none=True)

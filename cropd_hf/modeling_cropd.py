@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import get_torch_context_manager_or_global_device
 from transformers.models.vit_mae.configuration_vit_mae import ViTMAEConfig
 from transformers.models.vit_mae.modeling_vit_mae import (
@@ -355,6 +356,12 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
     def train(self, mode: bool = True) -> "CRoPDForImageClassification":
         super().train(mode)
         self.foundation.eval()
+        if getattr(self.foundation, "is_gradient_checkpointing", False):
+            # transformers checkpoints a layer only when that layer is in training mode. Only the layers' own flag
+            # follows `mode`: their dropout submodules stay in eval mode, so f computes exactly what it does in eval.
+            for module in self.foundation.modules():
+                if isinstance(module, GradientCheckpointingLayer):
+                    module.training = mode
         return self
 
     def purify(self, pixel_values: torch.Tensor) -> torch.Tensor:

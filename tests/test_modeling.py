@@ -230,3 +230,27 @@ def test_residual_conv_purifier_starts_as_the_identity(tiny_config):
     purifier = CRoPDModel(tiny_config(purifier_architecture="conv", conv_channels=[4, 8], purifier_residual=True))
     x = images().clamp(0.01, 0.99)
     torch.testing.assert_close(purifier(x).reconstruction, x)
+
+
+def test_checkpointing_the_frozen_foundation_saves_activations_and_changes_nothing(tiny_config):
+    torch.manual_seed(0)
+    model = CRoPDForImageClassification(tiny_config())
+    x, labels = images(), torch.tensor([0, 1, 2, 0])
+
+    def input_gradient_and_saved_numbers() -> tuple[torch.Tensor, int]:
+        model.train()
+        saved: list[int] = []
+        pixels = x.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            loss = model(pixels, labels=labels).loss
+        loss.backward()
+        return pixels.grad, sum(saved)
+
+    plain, plain_saved = input_gradient_and_saved_numbers()
+    model.foundation.gradient_checkpointing_enable({"use_reentrant": False})
+    checkpointed, checkpointed_saved = input_gradient_and_saved_numbers()
+    assert checkpointed_saved < plain_saved, "f's layers were not checkpointed"
+    torch.testing.assert_close(checkpointed, plain)
+    # Only the layers' checkpointing flag moved: f and every leaf module (dropout) stay in eval mode.
+    assert not model.foundation.training
+    assert not any(module.training for module in model.foundation.modules() if not list(module.children()))
