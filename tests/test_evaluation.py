@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -357,6 +358,28 @@ def test_command_line_writes_eval_json_markdown_and_plots(checkpoints, reference
     ]
     table = (reference_run / "eval.md").read_text()
     assert "| identity | " in table and "| cropd | " in table and "AutoAttack-style" in table
+
+
+def test_the_report_goes_into_the_checkpoints_model_card(checkpoints, reference_run, tmp_path):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    sys.path.insert(0, str(REPO / "training"))
+    try:
+        import report as training_report
+    finally:
+        sys.path.remove(str(REPO / "training"))
+    checkpoint = tmp_path / "cropd"
+    shutil.copytree(checkpoints["cropd"], checkpoint)
+    ModelCard.from_template(ModelCardData(library_name="transformers")).save(checkpoint / "README.md")
+
+    training_report.add_evaluation(checkpoint, reference_run)
+    card = ModelCard.load(checkpoint / "README.md")
+    cropd = EvaluationReport.load(reference_run / "eval.json").models[1]
+    worst = {result.metric_args["eps"]: result.metric_value for result in card.data.eval_results}
+    assert worst == {0.1: cropd.at(0.1).worst_case_accuracy, 0.05: cropd.at(0.05).worst_case_accuracy}
+    assert all("AutoAttack-style" in result.metric_name for result in card.data.eval_results)
+    assert "![robustness_vs_eps.png](eval_robustness_vs_eps.png)" in card.text and "| cropd | " in card.text
+    assert (checkpoint / "eval_robustness_vs_eps.png").read_bytes()[:8] == PNG
 
 
 def test_killed_and_resumed_evaluation_gives_the_same_eval_json(checkpoints, reference_run, tmp_path):

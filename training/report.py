@@ -1,7 +1,15 @@
-"""What a finished run leaves next to its checkpoint: metrics.json, the accuracy plot and the model card."""
+"""What a finished run leaves next to its checkpoint: metrics.json, the accuracy plot and the model card.
 
+    python training/report.py --add_evaluation outputs/eval --checkpoint outputs/embedded-best
+
+adds a `cropd-eval` report (its eval.json, eval.md and robustness-vs-ε plot) to a checkpoint's model card: the
+AutoAttack-style worst case per ε goes into the card's model-index, the tables and the plot into its text.
+"""
+
+import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +96,8 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
             "purifier",
             "none (Identity baseline)"
             if not config.use_purifier
+            else f"convolutional auto-encoder, widths {config.conv_channels}"
+            if config.purifier_architecture == "conv"
             else f"ViT auto-encoder, width {config.hidden_size}, depth {config.num_hidden_layers}, "
             f"patch {config.patch_size}",
         ),
@@ -99,7 +109,15 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
             f"FGSM with random start, ε={config.train_epsilon:.4g}, step {config.effective_train_step_size:.4g}",
         ),
         ("purifier epochs", run.purifier_epochs if config.use_purifier else 0),
-        ("head training", f"{run.head_training}, {run.head_epochs} epochs"),
+        (
+            "head training",
+            f"{run.head_training}, {run.head_epochs} epochs"
+            + (
+                f", attack of {run.head_attack_steps} step(s) at ε={config.train_epsilon:.4g}"
+                if run.head_training == "adversarial"
+                else ""
+            ),
+        ),
         ("batch size", run.batch_size),
         ("seed", run.seed),
     ]
@@ -121,3 +139,76 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
         training_settings=training_settings,
         command=f"accelerate launch training/train.py --config training/configs/{config_name}.yaml",
     )
+
+
+def add_evaluation(checkpoint: Path, evaluation: Path) -> None:
+    """Put the `cropd-eval` report in `evaluation` (a folder holding eval.json, eval.md and the plots) into the
+    model card of `checkpoint`: worst-case results in the model-index, the report's tables and plots in the text."""
+    from cropd_hf.evaluation import EvaluationReport
+
+    report = EvaluationReport.from_dict(json.loads((evaluation / "eval.json").read_text()))
+    # A report of several models: the one evaluated from a folder of the checkpoint's name.
+    models = (
+        report.models
+        if len(report.models) == 1
+        else [model for model in report.models if Path(model.model).name == checkpoint.name]
+    )
+    if len(models) != 1:
+        names = [model.model for model in report.models]
+        raise SystemExit(f"error: {evaluation / 'eval.json'} has no single result for {checkpoint.name}: {names}.")
+    (model,) = models
+    card = ModelCard.load(checkpoint / "README.md")
+    settings = report.settings
+    card.data.model_name = card.data.model_name or checkpoint.name  # the Hub's model-index needs a name
+    card.data.eval_results = [
+        *(card.data.eval_results or []),
+        *(
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=HUB_DATASET_IDS.get(settings.dataset, settings.dataset),
+                dataset_name=DATASET_NAMES.get(settings.dataset, settings.dataset),
+                dataset_split=settings.split,
+                metric_type="accuracy",
+                metric_name=f"robust accuracy, AutoAttack-style worst case ({', '.join(settings.attacks)}), "
+                f"ε={result.epsilon:.4g}",
+                metric_value=result.worst_case_accuracy,
+                metric_args={"attack": "autoattack-style", "eps": result.epsilon, **_suite_args(settings)},
+            )
+            for result in model.results
+        ),
+    ]
+    plots = [name for name in ("robustness_vs_eps.png", "accuracy.png") if (evaluation / name).is_file()]
+    for name in plots:
+        shutil.copy(evaluation / name, checkpoint / f"eval_{name}")
+    images = "\n".join(f"![{name}](eval_{name})" for name in plots)
+    report_text = (evaluation / "eval.md").read_text().replace("# Robustness evaluation", "### Robustness evaluation")
+    card.text = card.text.rstrip() + (
+        "\n\n## Evaluation with `cropd-eval` (AutoAttack-style)\n\n"
+        f"{images}\n\n{report_text.replace(chr(10) + '## ', chr(10) + '#### ')}\n"
+    )
+    card.save(checkpoint / "README.md")
+
+
+def _suite_args(settings: Any) -> dict[str, Any]:
+    return {
+        "pgd_steps": list(settings.pgd_steps),
+        "apgd_steps": settings.apgd_steps,
+        "apgd_targets": settings.apgd_targets,
+        "num_samples": settings.num_samples,
+        "seed": settings.seed,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--add_evaluation", type=Path, required=True, help="a cropd-eval output folder")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint folder whose card to extend")
+    args = parser.parse_args(argv)
+    for path in (args.add_evaluation / "eval.json", args.checkpoint / "README.md"):
+        if not path.is_file():
+            raise SystemExit(f"error: {path} does not exist.")
+    add_evaluation(args.checkpoint, args.add_evaluation)
+
+
+if __name__ == "__main__":
+    main()
