@@ -356,7 +356,7 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
     def train(self, mode: bool = True) -> "CRoPDForImageClassification":
         super().train(mode)
         self.foundation.eval()
-        if getattr(self.foundation, "is_gradient_checkpointing", False):
+        if getattr(self.foundation, "is_activation_checkpointing", False):
             # transformers checkpoints a layer only when that layer is in training mode. Only the layers' own flag
             # follows `mode`: their dropout submodules stay in eval mode, so f computes exactly what it does in eval.
             for module in self.foundation.modules():

@@ -247,7 +247,7 @@ def test_checkpointing_the_frozen_foundation_saves_activations_and_changes_nothi
         return pixels.grad, sum(saved)
 
     plain, plain_saved = input_gradient_and_saved_numbers()
-    model.foundation.gradient_checkpointing_enable({"use_reentrant": False})
+    model.foundation.activation_checkpointing_enable({"use_reentrant": False})
     checkpointed, checkpointed_saved = input_gradient_and_saved_numbers()
     assert checkpointed_saved < plain_saved, "f's layers were not checkpointed"
     torch.testing.assert_close(checkpointed, plain)
