@@ -88,3 +88,15 @@ def count_flops(run: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         run()
     return counter.get_total_flops()
+
+
+def peak_rss_kib_of_second_run(run: Callable[[], object]) -> int:
+    """KiB: this process's peak resident set during one call of `run`, after a warm-up call (optimizer state and
+    one-time allocations then exist, as in a running loop). Linux only; call it in a fresh process per figure."""
+    run()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets the peak-RSS mark VmHWM to the current RSS
+    run()
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1])

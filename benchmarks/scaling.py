@@ -32,7 +32,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import torch
-from _common import EMBEDDED_CHECKPOINT, cropd_config, interleaved_medians, save_foundation
+from _common import EMBEDDED_CHECKPOINT, cropd_config, interleaved_medians, peak_rss_kib_of_second_run, save_foundation
 
 from cropd_hf import CRoPDForImageClassification
 from cropd_hf.attacks import PGD
@@ -99,17 +99,6 @@ def build_run(row: Row, smoke: bool, foundation: str | None) -> Callable[[], Non
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def peak_rss_mib_in_this_process(run: Callable[[], None]) -> float:
-    """MiB: the peak resident set of one run, after a warm-up run."""
-    run()  # warm-up: optimizer state and one-time allocations exist, as in a running loop
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # resets the peak-RSS mark VmHWM to the current RSS
-    run()
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
 
 
 def peak_rss_mib(row: Row, smoke: bool, foundation: str | None) -> float:
@@ -203,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.memory_of:
         row = Row(args.memory_of[0], int(args.memory_of[1]))
-        print(peak_rss_mib_in_this_process(build_run(row, args.smoke, args.foundation)))
+        print(peak_rss_kib_of_second_run(build_run(row, args.smoke, args.foundation)) / 1024)
         return
     image_counts = SMOKE_IMAGE_COUNTS if args.smoke else sorted(set(args.image_counts))
     if REFERENCE_IMAGES not in image_counts:

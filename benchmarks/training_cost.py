@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _common import cropd_config, interleaved_medians, save_foundation
+from _common import cropd_config, interleaved_medians, peak_rss_kib_of_second_run, save_foundation
 
 from cropd_hf import CRoPDForImageClassification
 from cropd_hf.attacks import FGSM
@@ -139,17 +139,7 @@ def peak_memory_in_this_process(variant: Variant, foundation: str, smoke: bool, 
     """GiB: the peak resident set of one step, after a warm-up step."""
     trainee = build_trainee("AT" if variant.method == "AT" else "CRoPD", foundation, smoke)
     step = build_step(variant, trainee, batch_size)
-    step()  # warm-up: optimizer state is allocated here, and stays
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # resets the peak-RSS mark VmHWM to the current RSS
-    step()
-    return _status_kib("VmHWM") / 2**20
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(field + ":"))
-    return int(line.split()[1])
+    return peak_rss_kib_of_second_run(step) / 2**20
 
 
 def peak_memory(variant: Variant, foundation: str, smoke: bool, batch_size: int) -> float:
