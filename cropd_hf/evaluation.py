@@ -21,6 +21,10 @@ defaults (APGD-T alone 9 × 50, the sanity checks about 120); a broken sample sk
 
     accelerate launch training/evaluate_robustness.py --model outputs/embedded outputs/embedded-identity \\
         --epsilons 0.1 0.05 0.2 0.3 --transfer_from outputs/embedded-identity --output_dir outputs/eval
+
+Models evaluated one at a time (in parallel, or over several sessions) with the same settings share one table:
+
+    cropd-eval --merge outputs/eval-a outputs/eval-b --output_dir outputs/eval
 """
 
 from __future__ import annotations
@@ -419,6 +423,34 @@ class EvaluationReport:
     @classmethod
     def load(cls, path: str | os.PathLike) -> EvaluationReport:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def merge_reports(reports: Sequence[EvaluationReport]) -> EvaluationReport:
+    """One report of the models of several, each evaluated on its own (in its own process, session or machine).
+
+    Their numbers are only comparable under the same settings (attacks, ε, data, seed, transfer model), so every
+    report must have exactly the settings of the first; a model may appear once.
+    """
+    if not reports:
+        raise ValueError("nothing to merge: give at least one report")
+    settings = reports[0].settings
+    for index, report in enumerate(reports[1:], start=1):
+        if report.settings != settings:
+            differing = {
+                key: (value, getattr(report.settings, key))
+                for key, value in dataclasses.asdict(settings).items()
+                if getattr(report.settings, key) != value
+            }
+            raise ValueError(
+                f"report {index} was made with other settings than report 0 and cannot share its table: "
+                + ", ".join(f"{key} {first!r} vs {other!r}" for key, (first, other) in differing.items())
+            )
+    models = [model for report in reports for model in report.models]
+    names = [model.model for model in models]
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"a model may appear in one report only; repeated: {repeated}")
+    return EvaluationReport(settings, models, reports[0].convention)
 
 
 def noise_margin(accuracy: float, num_samples: int) -> float:
@@ -869,7 +901,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", nargs="+", required=True, help="checkpoint folders or Hub ids to evaluate")
+    models = parser.add_mutually_exclusive_group(required=True)
+    models.add_argument("--model", nargs="+", help="checkpoint folders or Hub ids to evaluate")
+    models.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="EVAL",
+        help="instead of evaluating, put earlier evaluations (eval.json files or their folders, same settings) "
+        "into one table, plots and sanity report in --output_dir",
+    )
     parser.add_argument("--dataset", choices=DATASET_NAMES, default=defaults.dataset, help="default: %(default)s")
     parser.add_argument("--split", default=defaults.split, help="default: %(default)s")
     parser.add_argument(
@@ -946,6 +987,9 @@ def _load_checkpoint(name_or_path: str, device: torch.device) -> tuple[nn.Module
 def main(argv: Sequence[str] | None = None) -> None:
     """`cropd-eval` / `training/evaluate_robustness.py`: evaluate checkpoints; write eval.json, eval.md, plots."""
     args = parse_args(argv)
+    if args.merge:
+        _merge(args.merge, args.output_dir)
+        return
     try:
         settings = EvaluationSettings(
             epsilons=tuple(args.epsilons),
@@ -1015,6 +1059,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("wrote " + ", ".join(str(path) for path in written))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def _merge(paths: Sequence[Path], output_dir: Path) -> None:
+    files = [path / "eval.json" if path.is_dir() else path for path in paths]
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        accepted = "--merge takes eval.json files or folders holding one"
+        print(f"error: no eval.json at {', '.join(missing)}; {accepted}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        report = merge_reports([EvaluationReport.load(path) for path in files])
+    except (ValueError, KeyError, TypeError) as error:
+        print(f"error: cannot merge {', '.join(map(str, files))}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    written = write_outputs(report, output_dir)
+    print(markdown_report(report))
+    print_sanity_report(report)
+    print("wrote " + ", ".join(str(path) for path in written))
 
 
 def _is_positive_int(value: Any) -> bool:

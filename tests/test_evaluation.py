@@ -1,5 +1,6 @@
 """cropd_hf.evaluation and training/evaluate_robustness.py: suite, worst case, checks, eval.json, resume."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from cropd_hf.evaluation import (
     evaluate_model,
     main,
     markdown_report,
+    merge_reports,
     noise_margin,
     parse_args,
     print_sanity_report,
@@ -438,3 +440,34 @@ def test_bad_command_lines_stop_before_any_work(arguments, message, capsys):
 def test_fractions_are_accepted_for_epsilon_and_step():
     args = parse_args(["--model", "m", "--epsilons", "8/255", "0.1", "--pgd_alpha", "2/255"])
     assert args.epsilons == [8 / 255, 0.1] and args.pgd_alpha == 2 / 255
+
+
+def test_reports_made_separately_merge_into_one_table_only_under_the_same_settings(tmp_path):
+    model = _mlp()
+    settings = EvaluationSettings(pgd_steps=(2,), apgd_steps=2, apgd_targets=2, batch_size=8)
+    dataset = _dataset(model, count=8)
+    first = EvaluationReport(settings, [evaluate_model(model, dataset, settings, model_name="a")])
+    second = EvaluationReport(settings, [evaluate_model(model, dataset, settings, model_name="b")])
+    write_outputs(first, tmp_path / "a")
+    write_outputs(second, tmp_path / "b")
+
+    main(["--merge", str(tmp_path / "a"), str(tmp_path / "b" / "eval.json"), "--output_dir", str(tmp_path / "all")])
+
+    merged = EvaluationReport.load(tmp_path / "all" / "eval.json")
+    assert merged == merge_reports([first, second])
+    assert [model.model for model in merged.models] == ["a", "b"] and merged.settings == settings
+    table = (tmp_path / "all" / "eval.md").read_text()
+    assert "| a |" in table and "| b |" in table
+
+    with pytest.raises(ValueError, match="repeated: \\['a'\\]"):
+        merge_reports([first, first])
+    other = EvaluationReport(dataclasses.replace(settings, seed=1), second.models)
+    with pytest.raises(ValueError, match="other settings.*seed 0 vs 1"):
+        merge_reports([first, other])
+    write_outputs(other, tmp_path / "other")
+    with pytest.raises(SystemExit) as stopped:
+        main(["--merge", str(tmp_path / "a"), str(tmp_path / "other"), "--output_dir", str(tmp_path / "bad")])
+    assert stopped.value.code == 2 and not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit) as stopped:
+        main(["--merge", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "bad")])
+    assert stopped.value.code == 2 and not (tmp_path / "bad").exists()

@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Issue 4's embedded benchmark in one command. Trains every model of README's table that outputs/ does not hold
-# yet (a killed run continues from its last epoch), then evaluates them with the evaluator's default suite (FGSM,
-# PGD-10/20, APGD-CE, APGD-T with 9 targets, AutoAttack-style worst case, sanity checks) on the 1,000 embedded test
-# digits at ε = 0.1, 0.2, 0.3 (the robustness-vs-ε curve), the Identity model with a clean head as transfer source.
+# Issue 4's embedded benchmark in one command. For each model of README's table: train it (a killed run continues
+# from its last epoch), then evaluate it with the evaluator's default suite (FGSM, PGD-10/20, APGD-CE, APGD-T with 9
+# targets, AutoAttack-style worst case, sanity checks) on the 1,000 embedded test digits at ε = 0.1, 0.2, 0.3 (the
+# robustness-vs-ε curve), the Identity model with a clean head as transfer source, into
+# outputs/embedded-benchmark/<run>; a killed evaluation continues with the batches it saved (--resume). The
+# per-model reports are then merged into one table, plots and sanity report in outputs/embedded-benchmark.
 # Then the cross-dataset transfer: embedded-best's purifier in front of a head trained on sklearn's digits, against
-# Identity, on the digits' 360 test images. A killed evaluation continues with the batches it saved (--resume).
+# Identity, on the digits' 360 test images, in outputs/digits-transfer-benchmark.
+#
+# A model whose outputs/embedded-benchmark/<run>/eval.json exists is neither trained nor evaluated again, so the
+# benchmark can be spread over several sessions, and `cp -r training/results/embedded-benchmark outputs/` reuses
+# the recorded reports (delete a report to redo its model).
 #
 #     bash training/embedded_benchmark.sh         # many CPU-hours on 2 cores; ACCELERATE_ARGS="..." for accelerate
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+BENCHMARK=outputs/embedded-benchmark
+TRANSFER_SOURCE=embedded-identity-clean-head
 
 train() {
   local run=$1 resume=()
@@ -23,19 +32,34 @@ evaluate() {
   accelerate launch ${ACCELERATE_ARGS:-} training/evaluate_robustness.py --resume "$@"
 }
 
-# Robust-head runs train the purifier; their -clean-head twins reuse it (purifier_from) under a clean head.
-runs=(
-  embedded-identity-clean-head embedded-identity
-  embedded-ae embedded-ae-clean-head
-  embedded-best embedded-best-clean-head
-  embedded-lambda1 embedded-lambda1-clean-head
-  embedded-lambda10 embedded-lambda10-clean-head
-  embedded-purifier-features embedded-purifier-features-clean-head
-)
-for run in "${runs[@]}"; do train "$run"; done
-evaluate --model "${runs[@]/#/outputs/}" --epsilons 0.1 0.2 0.3 \
-  --transfer_from outputs/embedded-identity-clean-head --output_dir outputs/embedded-benchmark
+evaluated() { [ -f "$BENCHMARK/$1/eval.json" ]; }
 
-for run in digits-identity digits-transfer; do train "$run"; done
-evaluate --model outputs/digits-transfer outputs/digits-identity --dataset sklearn-digits \
-  --transfer_from outputs/digits-identity --output_dir outputs/digits-transfer-benchmark
+train_and_evaluate() {
+  local run=$1
+  evaluated "$run" && return
+  train "$run"
+  evaluate --model "outputs/$run" --epsilons 0.1 0.2 0.3 --transfer_from "outputs/$TRANSFER_SOURCE" \
+    --output_dir "$BENCHMARK/$run"
+}
+
+# Each robust-head run trains a purifier; its -clean-head twin reuses it (purifier_from) under a clean head.
+runs=()
+for model in identity ae best lambda1 lambda10 purifier-features; do
+  runs+=("embedded-$model" "embedded-$model-clean-head")
+done
+
+for run in "${runs[@]}"; do
+  if ! evaluated "$run"; then
+    train "$TRANSFER_SOURCE"
+    source_run=$(sed -n 's|^purifier_from: outputs/||p' "training/configs/$run.yaml")
+    [ -n "$source_run" ] && train "$source_run"
+    train_and_evaluate "$run"
+  fi
+done
+python training/evaluate_robustness.py --merge "${runs[@]/#/$BENCHMARK/}" --output_dir "$BENCHMARK"
+
+if [ ! -f outputs/digits-transfer-benchmark/eval.json ]; then
+  for run in embedded-best digits-identity digits-transfer; do train "$run"; done
+  evaluate --model outputs/digits-transfer outputs/digits-identity --dataset sklearn-digits \
+    --transfer_from outputs/digits-identity --output_dir outputs/digits-transfer-benchmark
+fi
