@@ -32,16 +32,6 @@ evaluate() {
   accelerate launch ${ACCELERATE_ARGS:-} training/evaluate_robustness.py --resume "$@"
 }
 
-evaluated() { [ -f "$BENCHMARK/$1/eval.json" ]; }
-
-train_and_evaluate() {
-  local run=$1
-  evaluated "$run" && return
-  train "$run"
-  evaluate --model "outputs/$run" --epsilons 0.1 0.2 0.3 --transfer_from "outputs/$TRANSFER_SOURCE" \
-    --output_dir "$BENCHMARK/$run"
-}
-
 # Each robust-head run trains a purifier; its -clean-head twin reuses it (purifier_from) under a clean head.
 runs=()
 for model in identity ae best lambda1 lambda10 purifier-features; do
@@ -49,12 +39,13 @@ for model in identity ae best lambda1 lambda10 purifier-features; do
 done
 
 for run in "${runs[@]}"; do
-  if ! evaluated "$run"; then
-    train "$TRANSFER_SOURCE"
-    source_run=$(sed -n 's|^purifier_from: outputs/||p' "training/configs/$run.yaml")
-    [ -n "$source_run" ] && train "$source_run"
-    train_and_evaluate "$run"
-  fi
+  [ -f "$BENCHMARK/$run/eval.json" ] && continue
+  train "$TRANSFER_SOURCE"
+  source_run=$(sed -n 's|^purifier_from: outputs/||p' "training/configs/$run.yaml")
+  [ -n "$source_run" ] && train "$source_run"
+  train "$run"
+  evaluate --model "outputs/$run" --epsilons 0.1 0.2 0.3 --transfer_from "outputs/$TRANSFER_SOURCE" \
+    --output_dir "$BENCHMARK/$run"
 done
 python training/evaluate_robustness.py --merge "${runs[@]/#/$BENCHMARK/}" --output_dir "$BENCHMARK"
 
