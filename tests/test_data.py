@@ -11,6 +11,7 @@ from cropd_hf.data import (
     label_names,
     load_image_dataset,
     pixel_tensors,
+    random_shift,
     with_pixel_values,
 )
 from cropd_hf.metrics import load_robust_accuracy
@@ -90,3 +91,22 @@ def test_robust_accuracy_metric_loads_offline_and_takes_the_worst_case_per_sampl
     # Sample 0 survives both attacks, sample 1 falls to the second: worst case 1/2.
     worst = metric.compute(predictions=[[1, 1], [2, 0]], references=[1, 2])
     assert worst == {"accuracy": 0.5, "num_samples": 2}
+
+
+def test_random_shift_translates_each_image_with_zero_padding():
+    images = torch.zeros(64, 2, 9, 7)
+    images[:, :, 4, 3] = torch.arange(1.0, 65.0)[:, None]  # one bright pixel per image, in the middle
+    shifted = random_shift(images, 2, generator=torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    rows, columns = [], []
+    for image, original in zip(shifted, images, strict=True):
+        (channel_0, row, column), (channel_1, *_) = torch.nonzero(image).tolist()
+        assert (channel_0, channel_1) == (0, 1) and image[0, row, column] == original[0, 4, 3]
+        rows.append(row - 4)
+        columns.append(column - 3)
+    assert set(rows) == set(columns) == {-2, -1, 0, 1, 2}, "every offset in [-2, 2], both ways"
+    assert random_shift(images, 0) is images
+    edge = torch.ones(1, 1, 5, 5)
+    assert random_shift(edge.expand(32, 1, 5, 5), 1).sum() < 32 * 25, "pixels pushed out are replaced by zeros"
+    with pytest.raises(ValueError, match=r"max_shift must be an integer in \[0, 7\)"):
+        random_shift(images, 7)

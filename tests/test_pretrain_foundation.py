@@ -15,7 +15,7 @@ def test_pretraining_saves_a_foundation_model_that_cropd_can_reference(tmp_path)
     command = [
         sys.executable, str(REPO / "training" / "pretrain_foundation.py"), "--output_dir", str(output),
         "--epochs", "1", "--warmup_epochs", "1", "--hidden_size", "16", "--num_hidden_layers", "1",
-        "--num_attention_heads", "2", "--batch_size", "256",
+        "--num_attention_heads", "2", "--batch_size", "256", "--validation_size", "500",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -27,8 +27,9 @@ def test_pretraining_saves_a_foundation_model_that_cropd_can_reference(tmp_path)
         "pretraining.json",
     } <= {path.name for path in output.iterdir()}
     probe = json.loads((output / "linear_probe.json").read_text())
-    assert set(probe["linear_probe_test_accuracy"]) == {"mean", "cls"}
-    assert probe["test_images"] == 1000
+    assert set(probe["linear_probe_test_accuracy"]) == set(probe["linear_probe_validation_accuracy"]) == {"mean", "cls"}
+    assert (probe["train_images"], probe["validation_images"], probe["test_images"]) == (3500, 500, 1000)
+    assert json.loads((output / "pretraining.json").read_text())["train_images"] == 3500, "validation held out"
 
     encoder = AutoModel.from_pretrained(output)
     assert type(encoder).__name__ == "ViTMAEModel" and encoder.config.mask_ratio == 0.0

@@ -144,7 +144,8 @@ def test_two_processes_train_with_synchronized_gradients(run_file, tmp_path):
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(run_file, tmp_path):
-    config = str(run_file(purifier_epochs=3, head_epochs=2, max_train_samples=1024))
+    # With augmentation: the resumed run must also draw the same shifts (accelerate restores the RNG states).
+    config = str(run_file(purifier_epochs=3, head_epochs=2, max_train_samples=1024, augment_max_shift=2))
     reference = tmp_path / "reference"
     assert run_train("--config", config, "--output_dir", str(reference)).returncode == 0
 
@@ -182,17 +183,19 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(run_file, tmp_path):
         ({"model": {"train_epsilon": 2.0}}, "train_epsilon"),
         ({"model": {"contrastive_wieght": 1.0}}, "model.contrastive_wieght"),
         ({"head_training": "robust"}, "head_training"),
+        ({"augment_max_shift": -1}, "augment_max_shift"),
+        ({"augment_max_shift": 28}, "augment_max_shift"),
     ],
 )
 def test_a_bad_run_file_stops_before_any_work_naming_the_key(run_file, tmp_path, overrides, key):
     output = tmp_path / "out"
-    started = time.monotonic()
-    result = run_train("--config", str(run_file(**overrides)), "--output_dir", str(output), timeout=120)
+    result = run_train("--config", str(run_file(**overrides)), "--output_dir", str(output), timeout=300)
     assert result.returncode == 2
     assert f"'{key}'" in result.stderr or f"CRoPDConfig.{key}=" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    # Refused before any work (not timed: a loaded machine makes a timing flaky): no epoch, no folder.
+    assert not re.search(r"(purifier|head) epoch \d", result.stderr)
     assert not output.exists() and not output.with_name("out.work").exists()
-    assert time.monotonic() - started < 60
 
 
 def test_an_existing_output_folder_is_never_half_overwritten(run_file, tmp_path):

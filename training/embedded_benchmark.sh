@@ -13,6 +13,11 @@
 # the recorded reports (delete a report to redo its model).
 #
 #     bash training/embedded_benchmark.sh         # many CPU-hours on 2 cores; ACCELERATE_ARGS="..." for accelerate
+#     bash training/embedded_benchmark.sh RUN...  # only these models (e.g. two shells, one core each); the table
+#                                                 # and the transfer pair are made once every model has a report
+#
+# Two shells at once must not share a model, nor train the same purifier: list a -clean-head run after its robust
+# twin in the same shell, and let one shell train embedded-identity-clean-head (the transfer source) first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +43,11 @@ for model in identity ae best lambda1 lambda10 purifier-features; do
   runs+=("embedded-$model" "embedded-$model-clean-head")
 done
 
-for run in "${runs[@]}"; do
+for run in "$@"; do
+  [[ " ${runs[*]} " == *" $run "* ]] || { echo "unknown model '$run': expected some of ${runs[*]}" >&2; exit 2; }
+done
+
+for run in "${@:-${runs[@]}}"; do
   [ -f "$BENCHMARK/$run/eval.json" ] && continue
   train "$TRANSFER_SOURCE"
   source_run=$(sed -n 's|^purifier_from: outputs/||p' "training/configs/$run.yaml")
@@ -46,6 +55,9 @@ for run in "${runs[@]}"; do
   train "$run"
   evaluate --model "outputs/$run" --epsilons 0.1 0.2 0.3 --transfer_from "outputs/$TRANSFER_SOURCE" \
     --output_dir "$BENCHMARK/$run"
+done
+for run in "${runs[@]}"; do
+  [ -f "$BENCHMARK/$run/eval.json" ] || { echo "$run has no report yet: table not made"; exit 0; }
 done
 python training/evaluate_robustness.py --merge "${runs[@]/#/$BENCHMARK/}" --output_dir "$BENCHMARK"
 

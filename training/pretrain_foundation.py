@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import ViTImageProcessorPil, ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
 from cropd_hf import CRoPDImageProcessor, initialize_vit_mae_embeddings
-from cropd_hf.data import EMBEDDED_MNIST, load_image_dataset, pixel_tensors
+from cropd_hf.data import EMBEDDED_MNIST, load_image_dataset, pixel_tensors, random_shift
 
 DEFAULT_OUTPUT = Path(__file__).parent / "foundation" / "embedded-vit-mae"
 
@@ -46,19 +46,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max_shift", type=int, default=2, help="random translation in pixels (augmentation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--validation_size",
+        type=int,
+        default=0,
+        help="hold this many training digits out of pre-training (500, as the run files do, keeps their validation "
+        "split unseen); the linear probe is then also measured on them",
+    )
+    parser.add_argument(
         "--probe_only", action="store_true", help="only (re)measure the linear probe of the model in --output_dir"
     )
     return parser.parse_args()
-
-
-def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Translate each image by up to `max_shift` pixels (zero padding), a cheap augmentation for digits."""
-    if max_shift == 0:
-        return images
-    padded = F.pad(images, [max_shift] * 4)
-    size = images.shape[-1]
-    offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2))
-    return torch.stack([padded[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(offsets.tolist())])
 
 
 def to_foundation_input(images: torch.Tensor, size: int, mean: float, std: float) -> torch.Tensor:
@@ -100,12 +97,12 @@ def main() -> None:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(args.seed)
 
-    splits = load_image_dataset(EMBEDDED_MNIST, seed=args.seed)
+    splits = load_image_dataset(EMBEDDED_MNIST, seed=args.seed, validation_size=args.validation_size)
     native = CRoPDImageProcessor(size={"height": 28, "width": 28}, num_channels=1)
     train_images, train_labels = pixel_tensors(splits["train"], native)
-    test_images, test_labels = pixel_tensors(splits["test"], native)
+    probe_splits = {name: pixel_tensors(splits[name], native) for name in ("validation", "test") if name in splits}
     if args.probe_only:
-        write_linear_probe(args.output_dir, (train_images, train_labels), (test_images, test_labels))
+        write_linear_probe(args.output_dir, (train_images, train_labels), probe_splits)
         return
     mean, std = train_images.mean().item(), train_images.std().item()
 
@@ -170,29 +167,36 @@ def main() -> None:
             "arguments": {key: str(value) for key, value in vars(args).items() if key != "probe_only"},
         }
         (args.output_dir / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
-        write_linear_probe(args.output_dir, (train_images, train_labels), (test_images, test_labels))
+        write_linear_probe(args.output_dir, (train_images, train_labels), probe_splits)
 
 
-def write_linear_probe(folder: Path, train: tuple, test: tuple) -> None:
-    """Measure the saved model's linear probe, exactly as CRoPD will see it, and record it in linear_probe.json."""
+def write_linear_probe(folder: Path, train: tuple, probe_splits: dict[str, tuple]) -> None:
+    """Measure the saved model's linear probe, exactly as CRoPD will see it, and record it in linear_probe.json.
+
+    The probe is fitted on the pre-training images and scored on each split of `probe_splits` (validation, for
+    choosing between foundation models; test, read once).
+    """
     encoder = ViTMAEModel.from_pretrained(folder).eval()
     preprocessing = json.loads((folder / "preprocessor_config.json").read_text())
     size, mean, std = encoder.config.image_size, preprocessing["image_mean"][0], preprocessing["image_std"][0]
-    probe = linear_probe(
-        encoder,
-        (to_foundation_input(train[0], size, mean, std), train[1]),
-        (to_foundation_input(test[0], size, mean, std), test[1]),
+    fit = (to_foundation_input(train[0], size, mean, std), train[1])
+    record: dict = {}
+    for name, (images, labels) in probe_splits.items():
+        record[f"linear_probe_{name}_accuracy"] = linear_probe(
+            encoder, fit, (to_foundation_input(images, size, mean, std), labels)
+        )
+        record[f"{name}_images"] = len(labels)
+        print(f"linear probe {name} accuracy: {record[f'linear_probe_{name}_accuracy']}")
+    validation = len(probe_splits["validation"][1]) if "validation" in probe_splits else 0
+    record.update(
+        probe="standardized features, logistic regression (sklearn, C=1), per pooling",
+        dataset=EMBEDDED_MNIST,
+        train_images=len(train[1]),
+        command=f"python training/pretrain_foundation.py --probe_only --validation_size {validation} "
+        f"--output_dir {folder}",
     )
-    record = {
-        "linear_probe_test_accuracy": probe,
-        "probe": "standardized features, logistic regression (sklearn, C=1), per pooling",
-        "dataset": EMBEDDED_MNIST,
-        "train_images": len(train[1]),
-        "test_images": len(test[1]),
-        "command": f"python training/pretrain_foundation.py --probe_only --output_dir {folder}",
-    }
     (folder / "linear_probe.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"linear probe test accuracy: {probe}; recorded in {folder / 'linear_probe.json'}")
+    print(f"recorded in {folder / 'linear_probe.json'}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ class RunConfig:
     # A CRoPD checkpoint (folder or Hub id) whose purifier starts this run; with purifier_epochs 0 it is used as is.
     purifier_from: str | None = None
     batch_size: int = 128
+    # Random translation of the training images by up to this many pixels (0: none), in both stages.
+    augment_max_shift: int = 0
     purifier_epochs: int = 5
     purifier_learning_rate: float = 1e-3
     purifier_weight_decay: float = 0.05
@@ -61,7 +63,7 @@ class RunConfig:
         for key in ("batch_size", "eval_batch_size", "head_attack_steps"):
             if getattr(self, key) < 1:
                 _fail(source, key, getattr(self, key), "an integer >= 1")
-        for key in ("validation_size", "purifier_epochs", "head_epochs"):
+        for key in ("validation_size", "purifier_epochs", "head_epochs", "augment_max_shift"):
             if getattr(self, key) < 0:
                 _fail(source, key, getattr(self, key), "an integer >= 0")
         for key in ("purifier_learning_rate", "head_learning_rate"):
@@ -105,6 +107,9 @@ def load_run_config(path: str | Path) -> RunConfig:
     run = RunConfig(**values)
     run.check(source)
     _check_model_section(source, run.model)
+    image_size = run.model.get("image_size", CRoPDConfig().image_size)
+    if run.augment_max_shift >= image_size:
+        _fail(source, "augment_max_shift", run.augment_max_shift, f"an integer in [0, {image_size}) (model.image_size)")
     return run
 
 

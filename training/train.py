@@ -34,7 +34,7 @@ from cropd_hf import (
     RobustImageClassificationPipeline,
 )
 from cropd_hf.attacks import FGSM, PGD
-from cropd_hf.data import label_names, load_image_dataset, with_pixel_values
+from cropd_hf.data import label_names, load_image_dataset, random_shift, with_pixel_values
 from cropd_hf.losses import CRoPDTrainingObjective, contrastive_adversarial_examples
 from cropd_hf.metrics import load_robust_accuracy
 
@@ -289,7 +289,7 @@ def train_one_epoch(
     totals: dict[str, float] = {}
     bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", disable=not accelerator.is_local_main_process, leave=False)
     for batch in bar:
-        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        pixel_values, labels = random_shift(batch["pixel_values"], run.augment_max_shift), batch["labels"]
         adversarial = make_training_attack(model, pixel_values, labels, run, stage)
         output = objective(pixel_values, labels, adversarial_pixel_values=adversarial, stage=stage)
         accelerator.backward(output.loss)
