@@ -37,3 +37,10 @@ def test_pretraining_saves_a_foundation_model_that_cropd_can_reference(tmp_path)
     config = CRoPDConfig.for_foundation(str(output), image_size=28, num_channels=1)
     assert config.foundation_image_size == 32 and config.foundation_num_channels == 1
     assert len(config.foundation_image_mean) == 1 and 0.05 < config.foundation_image_mean[0] < 0.3
+
+
+def test_a_validation_split_larger_than_the_training_digits_is_refused_clearly():
+    command = [sys.executable, str(REPO / "training" / "pretrain_foundation.py"), "--validation_size", "4000"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--validation_size must be in [0, 4000)" in result.stderr
+    assert "Traceback" not in result.stderr

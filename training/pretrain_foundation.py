@@ -55,7 +55,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--probe_only", action="store_true", help="only (re)measure the linear probe of the model in --output_dir"
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if not 0 <= args.validation_size < 4000:
+        parser.error(f"--validation_size must be in [0, 4000) (training digits held out), got {args.validation_size}")
+    return args
 
 
 def to_foundation_input(images: torch.Tensor, size: int, mean: float, std: float) -> torch.Tensor:
