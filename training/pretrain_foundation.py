@@ -55,10 +55,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--probe_only", action="store_true", help="only (re)measure the linear probe of the model in --output_dir"
     )
-    args = parser.parse_args()
-    if not 0 <= args.validation_size < 4000:
-        parser.error(f"--validation_size must be in [0, 4000) (training digits held out), got {args.validation_size}")
-    return args
+    return parser.parse_args()
 
 
 def to_foundation_input(images: torch.Tensor, size: int, mean: float, std: float) -> torch.Tensor:
@@ -100,7 +97,10 @@ def main() -> None:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(args.seed)
 
-    splits = load_image_dataset(EMBEDDED_MNIST, seed=args.seed, validation_size=args.validation_size)
+    try:
+        splits = load_image_dataset(EMBEDDED_MNIST, seed=args.seed, validation_size=args.validation_size)
+    except ValueError as error:  # a --validation_size that leaves no training digits
+        raise SystemExit(f"pretrain_foundation.py: error: --validation_size {args.validation_size}: {error}") from None
     native = CRoPDImageProcessor(size={"height": 28, "width": 28}, num_channels=1)
     train_images, train_labels = pixel_tensors(splits["train"], native)
     probe_splits = {name: pixel_tensors(splits[name], native) for name in ("validation", "test") if name in splits}
