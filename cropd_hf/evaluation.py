@@ -832,17 +832,19 @@ def plot_robustness_curve(report: EvaluationReport, path: Path) -> None:
     """AutoAttack-style worst-case accuracy against ε, per model, from the clean accuracy at ε = 0."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5.5, 3.6), dpi=120)
+    figure = Figure(figsize=(7.5, 3.6), dpi=120)
     axis = figure.subplots()
     epsilons = sorted(report.settings.epsilons)
-    for model in report.models:
+    for index, model in enumerate(report.models):
         values = [model.clean_accuracy] + [model.at(epsilon).worst_case_accuracy for epsilon in epsilons]
-        axis.plot([0.0, *epsilons], [100 * value for value in values], marker="o", label=_short_name(model.model))
+        # The colour cycle has 10 colours; past that a line style keeps every model distinguishable.
+        style = {"color": f"C{index % 10}", "linestyle": ("-", "--", ":", "-.")[index // 10 % 4]}
+        axis.plot([0.0, *epsilons], [100 * v for v in values], marker="o", label=_short_name(model.model), **style)
     axis.set_xlabel("ε (L∞, pixel units)")
     axis.set_ylabel("accuracy (%)")
     axis.set_ylim(0, 105)
     axis.set_title("robustness vs ε (AutoAttack-style worst case)", fontsize=9)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path)
 
