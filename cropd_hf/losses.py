@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
-from .attacks import FGSM
+from .attacks import FGSM, PGD
 from .modeling_cropd import CRoPDForImageClassification
 
 __all__ = [
@@ -116,27 +116,31 @@ def _check_temperature_and_reduction(temperature: float, reduction: str) -> None
 def contrastive_adversarial_examples(
     model: CRoPDForImageClassification, pixel_values: Tensor, labels: Tensor
 ) -> Tensor:
-    """x_adv of stage 1: FGSM with random start (fast-AT) that maximizes L_con(z(x), z(x_adv)) in the ε-ball.
+    """x_adv of stage 1: the input in the ε-ball that maximizes L_con(z(x), z(x_adv)), found by FGSM with random
+    start (fast-AT) or, with `train_attack_steps` > 1, by PGD with random start.
 
-    ε, the step and τ come from `model.config` (`train_epsilon`, `effective_train_step_size`,
-    `contrastive_temperature`); z is `model.contrastive_features`.
+    ε, the steps, the step size and τ come from `model.config` (`train_epsilon`, `train_attack_steps`,
+    `effective_train_step_size`, `contrastive_temperature`); z is `model.contrastive_features`.
     """
     config = model.config
     with torch.no_grad():
         clean_features = model.contrastive_features(pixel_values)
-    attack = FGSM(
-        eps=config.train_epsilon,
-        alpha=config.effective_train_step_size,
-        random_start=True,
-        loss_fn=lambda adversarial_features, targets: adversarial_contrastive_loss(
+
+    def contrastive_loss(adversarial_features: Tensor, targets: Tensor) -> Tensor:
+        return adversarial_contrastive_loss(
             clean_features,
             adversarial_features,
             targets,
             config.contrastive_temperature,
             reduction="none",
             standardize=config.standardize_contrastive_features,
-        ),
-    )
+        )
+
+    step = config.effective_train_step_size
+    if config.train_attack_steps == 1:
+        attack = FGSM(eps=config.train_epsilon, alpha=step, random_start=True, loss_fn=contrastive_loss)
+    else:
+        attack = PGD(eps=config.train_epsilon, alpha=step, steps=config.train_attack_steps, loss_fn=contrastive_loss)
     return attack(model.contrastive_features, pixel_values, labels)
 
 

@@ -31,6 +31,8 @@ def test_round_trip_through_json(tmp_path):
         ("contrastive_temperature", 0.0, "> 0"),
         ("train_epsilon", 1.5, "[0, 1]"),
         ("train_step_size", -0.1, "> 0"),
+        ("train_attack_steps", 0, "positive integer"),
+        ("train_attack_steps", 2.5, "positive integer"),
         ("patch_size", 5, "divisor of image_size=32"),
         ("num_attention_heads", 5, "divisor of hidden_size=192"),
         ("image_size", 0, "positive integer"),

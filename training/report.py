@@ -106,7 +106,8 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
         ("contrastive features", config.contrastive_features),
         (
             "training attack",
-            f"FGSM with random start, ε={config.train_epsilon:.4g}, step {config.effective_train_step_size:.4g}",
+            f"{'FGSM' if config.train_attack_steps == 1 else f'PGD-{config.train_attack_steps}'} with random start "
+            f"on the contrastive loss, ε={config.train_epsilon:.4g}, step {config.effective_train_step_size:.4g}",
         ),
         ("purifier epochs", run.purifier_epochs if config.use_purifier else 0),
         (

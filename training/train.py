@@ -11,8 +11,10 @@ model card; it appears whole at the end of the run or not at all.
 """
 
 import argparse
+import importlib.metadata
 import logging
 import os
+import platform
 import shutil
 import sys
 from pathlib import Path
@@ -245,8 +247,11 @@ def train(args: argparse.Namespace) -> None:
             save_checkpoint(accelerator, work_dir, stage, epoch + 1)
 
     unwrapped.eval()
-    logger.info(f"trained weights checksum: {checksum(unwrapped):.10e}", main_process_only=False)
+    weights_checksum = checksum(unwrapped)
+    logger.info(f"trained weights checksum: {weights_checksum:.10e}", main_process_only=False)
     results = evaluate_model(accelerator, unwrapped, splits[run.eval_split], processor, run)
+    results["trained_weights_checksum"] = weights_checksum
+    results["environment"] = run_environment(accelerator)
 
     if accelerator.is_main_process:
         staging = work_dir / "output"
@@ -318,10 +323,10 @@ def make_training_attack(
         return contrastive_adversarial_examples(model, pixel_values, labels)
     if run.head_training == "clean":
         return None
+    alpha = config.train_step_size_for(run.head_attack_steps)
     if run.head_attack_steps == 1:
-        attack = FGSM(eps=config.train_epsilon, alpha=config.effective_train_step_size, random_start=True)
+        attack = FGSM(eps=config.train_epsilon, alpha=alpha, random_start=True)
     else:
-        alpha = 2.5 * config.train_epsilon / run.head_attack_steps
         attack = PGD(eps=config.train_epsilon, alpha=alpha, steps=run.head_attack_steps)
     return attack(model, pixel_values, labels)
 
@@ -394,6 +399,19 @@ def push_to_hub(output_dir: Path, repo_id: str) -> None:
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="Upload CRoPD model")
+
+
+def run_environment(accelerator: Accelerator) -> dict[str, Any]:
+    """What a bit-for-bit re-run has to match: float rounding depends on the library versions, the CPU's vector
+    instructions and the thread count, and training amplifies the smallest difference (README, "Reproducing")."""
+    return {
+        "python": platform.python_version(),
+        **{name: importlib.metadata.version(name) for name in ("torch", "transformers", "accelerate", "datasets")},
+        "device": accelerator.device.type,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "processes": accelerator.num_processes,
+        "threads_per_process": torch.get_num_threads(),
+    }
 
 
 def checksum(model: torch.nn.Module) -> float:
