@@ -83,6 +83,9 @@ def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_f
     metrics = json.loads((output / "metrics.json").read_text())
     assert {"clean", "fgsm", "pgd10", "pgd20", "epsilon", "num_samples", "attacks"} <= set(metrics)
     assert metrics["num_samples"] == 24 and metrics["epsilon"] == 0.1
+    assert metrics["environment"]["torch"] == torch.__version__ and metrics["environment"]["processes"] == 1
+    assert metrics["environment"]["threads_per_process"] >= 1
+    assert f"trained weights checksum: {metrics['trained_weights_checksum']:.10e}" in result.stderr
     assert metrics["attacks"]["pgd20"] == {
         "name": "PGD",
         "eps": 0.1,
