@@ -5,9 +5,9 @@
     accelerate launch training/train.py --resume_from_checkpoint latest   # after an interruption
 
 Stage 1 trains the purifier g with ||g(x) - x||² + λ·L_con(z(x), z(x_adv)), x_adv = FGSM with random start on
-L_con. Stage 2 freezes g and trains the head h on f(g(x)), on clean or adversarial inputs. The evaluation attacks
-the whole chain (FGSM, PGD-k) at the run's ε. The output folder gets the checkpoint, metrics.json, a plot and the
-model card; it appears whole at the end of the run or not at all.
+L_con (PGD with model.train_attack_steps > 1). Stage 2 freezes g and trains the head h on f(g(x)), on clean or
+adversarial inputs. The evaluation attacks the whole chain (FGSM, PGD-k) at the run's ε. The output folder gets the
+checkpoint, metrics.json, a plot and the model card; it appears whole at the end of the run or not at all.
 """
 
 import argparse
