@@ -17,7 +17,12 @@ def _contrastive_loss(model: CRoPDForImageClassification, images: torch.Tensor, 
         ).item()
 
 
-# A residual purifier: the fresh purifier's output layer starts at zero, so g(x) = x and z depends on x.
+def _model(tiny_config, steps: int) -> CRoPDForImageClassification:
+    # A residual purifier: the fresh purifier's output layer starts at zero, so g(x) = x and z depends on x.
+    torch.manual_seed(0)
+    return CRoPDForImageClassification(tiny_config(train_epsilon=0.1, train_attack_steps=steps, purifier_residual=True))
+
+
 @pytest.fixture
 def batch():
     generator = torch.Generator().manual_seed(0)
@@ -26,10 +31,7 @@ def batch():
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_training_attack_stays_in_the_ball_and_raises_the_contrastive_loss(tiny_config, batch, steps):
-    torch.manual_seed(0)
-    model = CRoPDForImageClassification(
-        tiny_config(train_epsilon=0.1, train_attack_steps=steps, purifier_residual=True)
-    )
+    model = _model(tiny_config, steps)
     images, labels = batch
     adversarial = contrastive_adversarial_examples(model, images, labels)
     assert (adversarial - images).abs().max() <= 0.1 + 1e-6
@@ -41,10 +43,7 @@ def test_train_attack_steps_selects_the_attack(tiny_config, batch):
     images, labels = batch
     adversarial = {}
     for steps in (1, 3):
-        torch.manual_seed(0)
-        model = CRoPDForImageClassification(
-            tiny_config(train_epsilon=0.1, train_attack_steps=steps, purifier_residual=True)
-        )
+        model = _model(tiny_config, steps)
         torch.manual_seed(1)
         adversarial[steps] = contrastive_adversarial_examples(model, images, labels)
     assert not torch.equal(adversarial[1], adversarial[3])

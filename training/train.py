@@ -403,7 +403,7 @@ def push_to_hub(output_dir: Path, repo_id: str) -> None:
 
 def run_environment(accelerator: Accelerator) -> dict[str, Any]:
     """What a bit-for-bit re-run has to match: float rounding depends on the library versions, the CPU's vector
-    instructions and the thread count, and training amplifies the smallest difference (README, "Reproducing")."""
+    instructions and the thread count, and the differences compound over training (README, "Reproducing")."""
     return {
         "python": platform.python_version(),
         **{name: importlib.metadata.version(name) for name in ("torch", "transformers", "accelerate", "datasets")},
