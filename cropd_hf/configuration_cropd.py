@@ -14,7 +14,7 @@ from transformers.utils import cached_file
 
 PURIFIER_ARCHITECTURES = ("vit", "conv")
 PURIFIER_POOLINGS = ("cls", "mean")
-FOUNDATION_POOLINGS = ("cls", "mean", "pooler")
+FOUNDATION_POOLINGS = ("cls", "mean", "pooler", "grid")
 CONTRASTIVE_FEATURES = ("foundation", "purifier")
 
 
@@ -110,7 +110,12 @@ class CRoPDConfig(PreTrainedConfig):
             Per-channel standard deviation used to normalize the input of `f`.
         foundation_pooling (`str`, *optional*, defaults to `"mean"`):
             Pooling of `f`'s output into the features the head sees: `"cls"` token, `"mean"` of the patch
-            tokens, or the backbone's own `"pooler"` output.
+            tokens, the backbone's own `"pooler"` output, or `"grid"`: the patch tokens (or a convolutional
+            backbone's feature map) averaged over a `foundation_pooling_grid_size` x `foundation_pooling_grid_size`
+            grid of image regions and concatenated, which keeps where in the image a feature is (the head stays
+            linear, on `hidden_size · grid_size²` features).
+        foundation_pooling_grid_size (`int`, *optional*, defaults to 2):
+            Cells per side of the `"grid"` pooling; unused by the other poolings.
         head_batch_norm (`bool`, *optional*, defaults to `True`):
             Put a parameter-free BatchNorm in front of the linear head, as MAE's linear probe does: the head stays
             linear in the features but no longer depends on their scale.
@@ -162,6 +167,7 @@ class CRoPDConfig(PreTrainedConfig):
     foundation_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
     foundation_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
     foundation_pooling: str = "mean"
+    foundation_pooling_grid_size: int = 2
     head_batch_norm: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -232,6 +238,7 @@ class CRoPDConfig(PreTrainedConfig):
             "foundation_image_size",
             "foundation_num_channels",
             "train_attack_steps",
+            "foundation_pooling_grid_size",
         ):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import ViTMAEModel
+from transformers import ResNetConfig, ResNetModel, ViTMAEModel
 
 from cropd_hf import CRoPDForImageClassification, CRoPDModel
 
@@ -45,6 +45,37 @@ def test_foundation_is_the_referenced_model_with_masking_off(model, foundation_f
     assert model.foundation.config.mask_ratio == 0.0
     for name, tensor in reference.state_dict().items():
         assert torch.equal(model.foundation.state_dict()[name], tensor), name
+
+
+def test_grid_pooling_averages_patch_tokens_over_image_regions(tiny_config):
+    torch.manual_seed(0)
+    model = CRoPDForImageClassification(tiny_config(foundation_pooling="grid", foundation_pooling_grid_size=2)).eval()
+    hidden = model.foundation.config.hidden_size
+    assert model.classifier.in_features == 4 * hidden
+    captured = {}
+    model.foundation.register_forward_hook(lambda module, args, out: captured.update(tokens=out.last_hidden_state))
+    x = images()
+    features = model.foundation_features(x).view(len(x), hidden, 2, 2)
+    # The tiny foundation model sees a 4x4 grid of patches, row by row; cell (0, 1) holds the top-right 2x2 patches.
+    patches = captured["tokens"][:, 1:].view(len(x), 4, 4, hidden)
+    torch.testing.assert_close(features[..., 0, 1], patches[:, 0:2, 2:4].mean(dim=(1, 2)))
+    torch.testing.assert_close(features[..., 1, 0], patches[:, 2:4, 0:2].mean(dim=(1, 2)))
+    model.config.foundation_pooling = "mean"
+    torch.testing.assert_close(features.mean(dim=(2, 3)), model.foundation_features(x))
+
+
+def test_grid_pooling_of_a_convolutional_foundation_model(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ResNetModel(config).save_pretrained(tmp_path)
+    model = CRoPDForImageClassification(
+        tiny_config(foundation_model_name_or_path=str(tmp_path), foundation_pooling="grid")
+    ).eval()
+    logits = model(images()).logits
+    assert model.classifier.in_features == 16 * 4 and logits.shape == (4, 3)
+    model.config.foundation_pooling_grid_size = 3  # the 16x16 input leaves a 2x2 feature map
+    with pytest.raises(ValueError, match="foundation_pooling_grid_size=3 is larger .* use at most 2"):
+        model.foundation_features(images())
 
 
 def test_two_forwards_of_one_image_give_identical_logits(model):
