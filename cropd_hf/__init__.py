@@ -17,6 +17,7 @@ from .modeling_cropd import (
     CRoPDPreTrainedModel,
     CRoPDPurifierOutput,
     initialize_vit_mae_embeddings,
+    pool_foundation_outputs,
 )
 from .pipeline_cropd import TASK, RobustImageClassificationPipeline
 
@@ -50,4 +51,5 @@ __all__ = [
     "CRoPDPurifierOutput",
     "RobustImageClassificationPipeline",
     "initialize_vit_mae_embeddings",
+    "pool_foundation_outputs",
 ]

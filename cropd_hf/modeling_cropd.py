@@ -395,7 +395,7 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
             )
         else:
             outputs = self.foundation(pixel_values=images)
-        return _pool(outputs, config.foundation_pooling, config.foundation_pooling_grid_size)
+        return pool_foundation_outputs(outputs, config.foundation_pooling, config.foundation_pooling_grid_size)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """`h`: logits from the foundation model's pooled features."""
@@ -454,7 +454,9 @@ def _feature_size(foundation_config: Any) -> int:
     )
 
 
-def _pool(outputs: Any, pooling: str, grid_size: int) -> torch.Tensor:
+def pool_foundation_outputs(outputs: Any, pooling: str, grid_size: int = 2) -> torch.Tensor:
+    """Pool a foundation model's outputs into one feature vector per image, as `CRoPDConfig.foundation_pooling` and
+    `foundation_pooling_grid_size` describe (ViT outputs: a CLS token then the patch tokens in image order)."""
     if pooling == "pooler":
         pooled = getattr(outputs, "pooler_output", None)
         if pooled is None:

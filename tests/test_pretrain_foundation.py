@@ -27,7 +27,16 @@ def test_pretraining_saves_a_foundation_model_that_cropd_can_reference(tmp_path)
         "pretraining.json",
     } <= {path.name for path in output.iterdir()}
     probe = json.loads((output / "linear_probe.json").read_text())
-    assert set(probe["linear_probe_test_accuracy"]) == set(probe["linear_probe_validation_accuracy"]) == {"mean", "cls"}
+    assert (
+        set(probe["linear_probe_test_accuracy"])
+        == set(probe["linear_probe_validation_accuracy"])
+        == {
+            "mean",
+            "cls",
+            "grid2",
+            "grid4",
+        }
+    )
     assert (probe["train_images"], probe["validation_images"], probe["test_images"]) == (3500, 500, 1000)
     assert json.loads((output / "pretraining.json").read_text())["train_images"] == 3500, "validation held out"
 

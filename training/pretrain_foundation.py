@@ -23,10 +23,12 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 from transformers import ViTImageProcessorPil, ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
-from cropd_hf import CRoPDImageProcessor, initialize_vit_mae_embeddings
+from cropd_hf import CRoPDImageProcessor, initialize_vit_mae_embeddings, pool_foundation_outputs
 from cropd_hf.data import EMBEDDED_MNIST, load_image_dataset, pixel_tensors, random_shift
 
 DEFAULT_OUTPUT = Path(__file__).parent / "foundation" / "embedded-vit-mae"
+# Poolings the probe measures, as (CRoPDConfig.foundation_pooling, foundation_pooling_grid_size).
+PROBE_POOLINGS = {"mean": ("mean", 2), "cls": ("cls", 2), "grid2": ("grid", 2), "grid4": ("grid", 4)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,19 +73,18 @@ def pooled_features(encoder: ViTMAEModel, images: torch.Tensor, pooling: str, ba
     features = []
     for batch in images.split(batch_size):
         noise = torch.arange(num_patches, dtype=torch.float32).expand(len(batch), -1)
-        tokens = encoder(pixel_values=batch, noise=noise).last_hidden_state
-        features.append(tokens[:, 0] if pooling == "cls" else tokens[:, 1:].mean(dim=1))
+        features.append(pool_foundation_outputs(encoder(pixel_values=batch, noise=noise), *PROBE_POOLINGS[pooling]))
     return torch.cat(features)
 
 
 def linear_probe(encoder: ViTMAEModel, train: tuple, test: tuple) -> dict[str, float]:
-    """Test accuracy of a logistic-regression probe on frozen features, for each pooling.
+    """Test accuracy of a logistic-regression probe on frozen features, for each pooling of `PROBE_POOLINGS`.
 
     Features are standardized first, as MAE's linear probe does with a parameter-free BatchNorm: the probe stays
     linear in the features, but no longer depends on their scale.
     """
     results = {}
-    for pooling in ("mean", "cls"):
+    for pooling in PROBE_POOLINGS:
         train_features = pooled_features(encoder, train[0], pooling).numpy()
         test_features = pooled_features(encoder, test[0], pooling).numpy()
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
@@ -192,7 +193,8 @@ def write_linear_probe(folder: Path, train: tuple, probe_splits: dict[str, tuple
         print(f"linear probe {name} accuracy: {record[f'linear_probe_{name}_accuracy']}")
     validation = len(probe_splits["validation"][1]) if "validation" in probe_splits else 0
     record.update(
-        probe="standardized features, logistic regression (sklearn, C=1), per pooling",
+        probe="standardized features, logistic regression (sklearn, C=1), per pooling (grid<k>: foundation_pooling "
+        "'grid', a k x k grid)",
         dataset=EMBEDDED_MNIST,
         train_images=len(train[1]),
         command=f"python training/pretrain_foundation.py --probe_only --validation_size {validation} "
