@@ -68,7 +68,8 @@ def run_train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_file, tmp_path):
     output = tmp_path / "out"
-    result = run_train("--config", str(run_file(report_to="tensorboard")), "--output_dir", str(output))
+    config = run_file(report_to="tensorboard", model={"foundation_pooling": "grid"})
+    result = run_train("--config", str(config), "--output_dir", str(output))
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((output / "runs").rglob("events.out.tfevents.*")), "tensorboard logs travel with the model"
     assert re.search(r"purifier epoch 1/2: .*reconstruction_loss", result.stderr)
@@ -114,6 +115,9 @@ def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_f
     assert results["pgd20"].metric_args["eps"] == 0.1 and results["pgd20"].metric_args["steps"] == 20
     assert "PGD-20" in results["pgd20"].metric_name and "ε=0.1" in results["pgd20"].metric_name
     assert results["pgd20"].dataset_type == "mnist"
+    assert "| foundation features | grid pooling (2x2 grid) |" in card.text
+    # One thread (OMP_NUM_THREADS=1), a run file outside the repository: the command names it by its full path.
+    assert f"Reproduce with `accelerate launch training/train.py --config {config}`." in card.text
 
 
 @pytest.mark.parametrize(
@@ -246,6 +250,18 @@ def import_train():
     finally:
         sys.path.remove(str(REPO / "training"))
     return train
+
+
+def test_reproduce_command_names_the_run_file_in_the_repository_and_the_cpu_threads():
+    train = import_train()
+    best = REPO / "training" / "configs" / "embedded-best.yaml"
+    assert train.reproduce_command(best, cpu_threads=1) == (
+        "accelerate launch training/train.py --config training/configs/embedded-best.yaml"
+    )
+    assert train.reproduce_command(best, cpu_threads=2) == (
+        "accelerate launch --num_cpu_threads_per_process 2 training/train.py "
+        "--config training/configs/embedded-best.yaml"
+    )
 
 
 def test_a_purifier_from_another_run_is_used_unchanged_in_front_of_a_new_head(run_file, tmp_path):

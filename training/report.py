@@ -32,10 +32,13 @@ DATASET_NAMES = {
 }
 
 
-def write_report(folder: Path, config: CRoPDConfig, run: Any, results: dict[str, Any], config_name: str) -> None:
+def write_report(
+    folder: Path, config: CRoPDConfig, run: Any, results: dict[str, Any], config_name: str, command: str
+) -> None:
+    """`command` is the one that trained the run, for the card's "Reproduce with"."""
     (folder / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_accuracies(results, folder / "accuracy.png")
-    model_card(config, run, results, config_name).save(folder / "README.md")
+    model_card(config, run, results, config_name, command).save(folder / "README.md")
 
 
 def plot_accuracies(results: dict[str, Any], path: Path) -> None:
@@ -59,7 +62,7 @@ def attack_description(settings: dict[str, Any]) -> str:
     return f"PGD-{settings['steps']}, ε={settings['eps']:.4g}, α={settings['alpha']:.4g}, random start{restarts}"
 
 
-def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_name: str) -> ModelCard:
+def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_name: str, command: str) -> ModelCard:
     dataset = run.dataset
     hub_dataset = HUB_DATASET_IDS.get(dataset, dataset)
     foundation = config.foundation_model_name_or_path
@@ -101,6 +104,15 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
             else f"ViT auto-encoder, width {config.hidden_size}, depth {config.num_hidden_layers}, "
             f"patch {config.patch_size}",
         ),
+        (
+            "foundation features",
+            f"{config.foundation_pooling} pooling"
+            + (
+                f" ({config.foundation_pooling_grid_size}x{config.foundation_pooling_grid_size} grid)"
+                if config.foundation_pooling == "grid"
+                else ""
+            ),
+        ),
         ("λ (contrastive weight)", config.contrastive_weight),
         ("τ (temperature)", config.contrastive_temperature),
         ("contrastive features", config.contrastive_features),
@@ -138,7 +150,7 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
         image_size=config.image_size,
         results_table=rows,
         training_settings=training_settings,
-        command=f"accelerate launch training/train.py --config training/configs/{config_name}.yaml",
+        command=command,
     )
 
 

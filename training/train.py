@@ -75,6 +75,16 @@ class TrainingProgress:
         self.epochs_done = dict(state)
 
 
+def reproduce_command(config: Path, cpu_threads: int) -> str:
+    """The command that trains this run again: the run file relative to the repository when it lies inside, and
+    the CPU thread count (1 on a GPU), which changes float rounding and so the trained weights."""
+    repository = Path(__file__).resolve().parents[1]
+    config = config.resolve()
+    shown = config.relative_to(repository) if config.is_relative_to(repository) else config
+    launcher = "accelerate launch" + (f" --num_cpu_threads_per_process {cpu_threads}" if cpu_threads > 1 else "")
+    return f"{launcher} training/train.py --config {shown.as_posix()}"
+
+
 def resolve_paths(args: argparse.Namespace, run: RunConfig) -> tuple[Path, Path]:
     """The final output folder and the run's working folder (checkpoints, logs, the output being built)."""
     output_dir = args.output_dir or Path(run.output_dir or Path("outputs") / args.config.stem)
@@ -265,7 +275,16 @@ def train(args: argparse.Namespace) -> None:
         else:
             unwrapped.save_pretrained(staging)
             processor.save_pretrained(staging)
-        write_report(staging, unwrapped.config, run, results, config_name=args.config.stem)
+        write_report(
+            staging,
+            unwrapped.config,
+            run,
+            results,
+            config_name=args.config.stem,
+            command=reproduce_command(
+                args.config, cpu_threads=torch.get_num_threads() if accelerator.device.type == "cpu" else 1
+            ),
+        )
         if (work_dir / args.config.stem).is_dir():  # tensorboard logs belong with the model
             shutil.copytree(work_dir / args.config.stem, staging / "runs")
         publish(staging, output_dir)
