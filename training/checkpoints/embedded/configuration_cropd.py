@@ -14,7 +14,7 @@ from transformers.utils import cached_file
 
 PURIFIER_ARCHITECTURES = ("vit", "conv")
 PURIFIER_POOLINGS = ("cls", "mean")
-FOUNDATION_POOLINGS = ("cls", "mean", "pooler")
+FOUNDATION_POOLINGS = ("cls", "mean", "pooler", "grid")
 CONTRASTIVE_FEATURES = ("foundation", "purifier")
 
 
@@ -88,9 +88,13 @@ class CRoPDConfig(PreTrainedConfig):
             loss. Pooled ViT features share a large common component that puts every cosine similarity near 1,
             which leaves the loss at log(2N - 1) with almost no gradient.
         train_epsilon (`float`, *optional*, defaults to 8/255):
-            L∞ radius of the FGSM perturbation used while training the purifier, in [0, 1] pixel units.
+            L∞ radius of the training attack's perturbation, in [0, 1] pixel units.
+        train_attack_steps (`int`, *optional*, defaults to 1):
+            Steps of the stage-1 training attack on L_con: 1 is FGSM with random start (fast-AT style, the paper's
+            choice); more is PGD with random start, stronger and about `train_attack_steps` times as costly.
         train_step_size (`float`, *optional*):
-            FGSM step of the training attack (random start, fast-AT style); defaults to 1.25 · `train_epsilon`.
+            Step of the training attack; defaults to 1.25 · `train_epsilon` for one step (fast-AT) and to
+            2.5 · `train_epsilon` / steps for PGD.
         foundation_model_name_or_path (`str`, *optional*, defaults to `"facebook/vit-mae-large"`):
             Hub id or local folder of the frozen foundation model `f` (any `AutoModel` vision backbone). Its
             weights are referenced, never copied into a CRoPD checkpoint.
@@ -106,7 +110,12 @@ class CRoPDConfig(PreTrainedConfig):
             Per-channel standard deviation used to normalize the input of `f`.
         foundation_pooling (`str`, *optional*, defaults to `"mean"`):
             Pooling of `f`'s output into the features the head sees: `"cls"` token, `"mean"` of the patch
-            tokens, or the backbone's own `"pooler"` output.
+            tokens, the backbone's own `"pooler"` output, or `"grid"`: the patch tokens (or a convolutional
+            backbone's feature map) averaged over a `foundation_pooling_grid_size` x `foundation_pooling_grid_size`
+            grid of image regions and concatenated, which keeps where in the image a feature is (the head stays
+            linear, on `hidden_size · grid_size²` features).
+        foundation_pooling_grid_size (`int`, *optional*, defaults to 2):
+            Cells per side of the `"grid"` pooling; unused by the other poolings.
         head_batch_norm (`bool`, *optional*, defaults to `True`):
             Put a parameter-free BatchNorm in front of the linear head, as MAE's linear probe does: the head stays
             linear in the features but no longer depends on their scale.
@@ -149,6 +158,7 @@ class CRoPDConfig(PreTrainedConfig):
     contrastive_temperature: float | int = 0.1
     standardize_contrastive_features: bool = True
     train_epsilon: float | int = 8 / 255
+    train_attack_steps: int = 1
     train_step_size: float | int | None = None
     foundation_model_name_or_path: str = "facebook/vit-mae-large"
     foundation_model_revision: str | None = None
@@ -157,6 +167,7 @@ class CRoPDConfig(PreTrainedConfig):
     foundation_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
     foundation_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
     foundation_pooling: str = "mean"
+    foundation_pooling_grid_size: int = 2
     head_batch_norm: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -200,8 +211,15 @@ class CRoPDConfig(PreTrainedConfig):
 
     @property
     def effective_train_step_size(self) -> float:
-        """FGSM step used in training: `train_step_size`, or 1.25·ε (Wong et al. 2020) when unset."""
-        return self.train_step_size if self.train_step_size is not None else 1.25 * self.train_epsilon
+        """Step of the stage-1 training attack (`train_attack_steps` steps)."""
+        return self.train_step_size_for(self.train_attack_steps)
+
+    def train_step_size_for(self, steps: int) -> float:
+        """Step of a training attack of `steps` steps: `train_step_size`, else 1.25·ε for FGSM with random start
+        (Wong et al. 2020) and 2.5·ε/steps for PGD (Madry et al. 2018)."""
+        if self.train_step_size is not None:
+            return self.train_step_size
+        return 1.25 * self.train_epsilon if steps == 1 else 2.5 * self.train_epsilon / steps
 
     def check_cropd_values(self) -> None:
         """Raise a `ValueError` naming the field, its value and what is accepted, for every invalid value."""
@@ -219,6 +237,8 @@ class CRoPDConfig(PreTrainedConfig):
             "decoder_intermediate_size",
             "foundation_image_size",
             "foundation_num_channels",
+            "train_attack_steps",
+            "foundation_pooling_grid_size",
         ):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:

@@ -4,6 +4,7 @@ Self-contained on purpose (it only imports transformers, torch and the configura
 copied next to every checkpoint so that the Auto classes load it with `trust_remote_code=True`.
 """
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -302,6 +303,8 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
         self.purifier = CRoPDModel(config) if config.use_purifier else None
         self.foundation = AutoModel.from_config(self._foundation_config())
         feature_size = _feature_size(self.foundation.config)
+        if config.foundation_pooling == "grid":
+            feature_size *= config.foundation_pooling_grid_size**2
         self.feature_norm = nn.BatchNorm1d(feature_size, affine=False) if config.head_batch_norm else nn.Identity()
         self.classifier = nn.Linear(feature_size, config.num_labels)
         self.post_init()
@@ -392,7 +395,7 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
             )
         else:
             outputs = self.foundation(pixel_values=images)
-        return _pool(outputs, config.foundation_pooling)
+        return pool_foundation_outputs(outputs, config.foundation_pooling, config.foundation_pooling_grid_size)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """`h`: logits from the foundation model's pooled features."""
@@ -451,20 +454,44 @@ def _feature_size(foundation_config: Any) -> int:
     )
 
 
-def _pool(outputs: Any, pooling: str) -> torch.Tensor:
+def pool_foundation_outputs(outputs: Any, pooling: str, grid_size: int = 2) -> torch.Tensor:
+    """Pool a foundation model's outputs into one feature vector per image, as `CRoPDConfig.foundation_pooling` and
+    `foundation_pooling_grid_size` describe (ViT outputs: a CLS token then the patch tokens in image order)."""
     if pooling == "pooler":
         pooled = getattr(outputs, "pooler_output", None)
         if pooled is None:
             raise ValueError(
-                "foundation_pooling='pooler' but the foundation model returns no pooler_output; use 'cls' or 'mean'."
+                "foundation_pooling='pooler' but the foundation model returns no pooler_output; use 'cls', 'mean' "
+                "or 'grid'."
             )
         return pooled.flatten(1)
     hidden = outputs.last_hidden_state
     if hidden.ndim == 4:  # convolutional backbones: (batch, channels, height, width)
         if pooling == "cls":
             raise ValueError("foundation_pooling='cls' needs a token sequence; this foundation model is convolutional.")
-        return hidden.mean(dim=(2, 3))
-    return hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(dim=1)
+        feature_map = hidden
+    elif pooling == "cls":
+        return hidden[:, 0]
+    else:
+        patches = hidden[:, 1:]
+        if pooling == "mean":
+            return patches.mean(dim=1)
+        side = math.isqrt(patches.shape[1])
+        if side * side != patches.shape[1]:
+            raise ValueError(
+                f"foundation_pooling='grid' needs a square grid of patch tokens after the CLS token; this foundation "
+                f"model returns {patches.shape[1]}. Use 'cls', 'mean' or 'pooler'."
+            )
+        # Patch tokens come in row-major image order (ViT-MAE's patch order is fixed by `_fixed_patch_order`).
+        feature_map = patches.transpose(1, 2).reshape(len(patches), -1, side, side)
+    if pooling == "mean":
+        return feature_map.mean(dim=(2, 3))
+    if min(feature_map.shape[-2:]) < grid_size:
+        raise ValueError(
+            f"foundation_pooling_grid_size={grid_size} is larger than the foundation model's "
+            f"{tuple(feature_map.shape[-2:])} grid of features; use at most {min(feature_map.shape[-2:])}."
+        )
+    return F.adaptive_avg_pool2d(feature_map, grid_size).flatten(1)
 
 
 def _check_labels(labels: Any, batch_size: int, num_labels: int) -> None:
