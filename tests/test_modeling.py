@@ -1,8 +1,9 @@
 import pytest
 import torch
 from transformers import ResNetConfig, ResNetModel, ViTMAEModel
+from transformers.modeling_outputs import BaseModelOutput
 
-from cropd_hf import CRoPDForImageClassification, CRoPDModel
+from cropd_hf import CRoPDForImageClassification, CRoPDModel, pool_foundation_outputs
 
 
 @pytest.fixture
@@ -76,6 +77,13 @@ def test_grid_pooling_of_a_convolutional_foundation_model(tmp_path, tiny_config)
     model.config.foundation_pooling_grid_size = 3  # the 16x16 input leaves a 2x2 feature map
     with pytest.raises(ValueError, match="foundation_pooling_grid_size=3 is larger .* use at most 2"):
         model.foundation_features(images())
+
+
+def test_grid_pooling_refuses_a_token_sequence_that_is_not_a_square_grid():
+    outputs = BaseModelOutput(last_hidden_state=torch.zeros(2, 1 + 5, 8))  # a CLS token and 5 patch tokens
+    with pytest.raises(ValueError, match="needs a square grid of patch tokens .* returns 5 patch tokens"):
+        pool_foundation_outputs(outputs, "grid", 2)
+    assert pool_foundation_outputs(outputs, "mean").shape == (2, 8)
 
 
 def test_two_forwards_of_one_image_give_identical_logits(model):
