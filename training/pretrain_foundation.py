@@ -67,14 +67,17 @@ def to_foundation_input(images: torch.Tensor, size: int, mean: float, std: float
 
 
 @torch.no_grad()
-def pooled_features(encoder: ViTMAEModel, images: torch.Tensor, pooling: str, batch_size: int = 500) -> torch.Tensor:
+def pooled_features(encoder: ViTMAEModel, images: torch.Tensor, batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Features of `images` under every pooling of `PROBE_POOLINGS`, from one forward pass per batch."""
     encoder.config.mask_ratio = 0.0
     num_patches = encoder.embeddings.patch_embeddings.num_patches
-    features = []
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in PROBE_POOLINGS}
     for batch in images.split(batch_size):
         noise = torch.arange(num_patches, dtype=torch.float32).expand(len(batch), -1)
-        features.append(pool_foundation_outputs(encoder(pixel_values=batch, noise=noise), *PROBE_POOLINGS[pooling]))
-    return torch.cat(features)
+        outputs = encoder(pixel_values=batch, noise=noise)
+        for name, (pooling, grid_size) in PROBE_POOLINGS.items():
+            features[name].append(pool_foundation_outputs(outputs, pooling, grid_size))
+    return {name: torch.cat(parts) for name, parts in features.items()}
 
 
 def linear_probe(encoder: ViTMAEModel, train: tuple, test: tuple) -> dict[str, float]:
@@ -83,13 +86,12 @@ def linear_probe(encoder: ViTMAEModel, train: tuple, test: tuple) -> dict[str, f
     Features are standardized first, as MAE's linear probe does with a parameter-free BatchNorm: the probe stays
     linear in the features, but no longer depends on their scale.
     """
+    train_features, test_features = pooled_features(encoder, train[0]), pooled_features(encoder, test[0])
     results = {}
-    for pooling in PROBE_POOLINGS:
-        train_features = pooled_features(encoder, train[0], pooling).numpy()
-        test_features = pooled_features(encoder, test[0], pooling).numpy()
+    for name in PROBE_POOLINGS:
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-        probe.fit(train_features, train[1].numpy())
-        results[pooling] = float(probe.score(test_features, test[1].numpy()))
+        probe.fit(train_features[name].numpy(), train[1].numpy())
+        results[name] = float(probe.score(test_features[name].numpy(), test[1].numpy()))
     return results
 
 
