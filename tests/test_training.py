@@ -252,7 +252,7 @@ def import_train():
     return train
 
 
-def test_reproduce_command_names_the_run_file_in_the_repository_and_the_cpu_threads():
+def test_reproduce_command_names_the_run_file_in_the_repository_the_processes_and_the_cpu_threads():
     train = import_train()
     best = REPO / "training" / "configs" / "embedded-best.yaml"
     assert train.reproduce_command(best, cpu_threads=1) == (
@@ -261,6 +261,10 @@ def test_reproduce_command_names_the_run_file_in_the_repository_and_the_cpu_thre
     assert train.reproduce_command(best, cpu_threads=2) == (
         "accelerate launch --num_cpu_threads_per_process 2 training/train.py "
         "--config training/configs/embedded-best.yaml"
+    )
+    assert train.reproduce_command(best, cpu_threads=1, num_processes=2) == (
+        "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no "
+        "training/train.py --config training/configs/embedded-best.yaml"
     )
 
 

@@ -75,13 +75,18 @@ class TrainingProgress:
         self.epochs_done = dict(state)
 
 
-def reproduce_command(config: Path, cpu_threads: int) -> str:
-    """The command that trains this run again: the run file relative to the repository when it lies inside, and
-    the CPU thread count (1 on a GPU), which changes float rounding and so the trained weights."""
+def reproduce_command(config: Path, cpu_threads: int, num_processes: int = 1) -> str:
+    """The command that trains this run again: the run file relative to the repository when it lies inside, the
+    process count and the CPU thread count (1 on a GPU), which change float rounding and so the trained weights."""
     repository = Path(__file__).resolve().parents[1]
     config = config.resolve()
     shown = config.relative_to(repository) if config.is_relative_to(repository) else config
-    launcher = "accelerate launch" + (f" --num_cpu_threads_per_process {cpu_threads}" if cpu_threads > 1 else "")
+    launcher = "accelerate launch"
+    if num_processes > 1:
+        launcher += f" --multi_gpu --num_processes {num_processes} --num_machines 1"
+        launcher += " --mixed_precision no --dynamo_backend no"
+    if cpu_threads > 1:
+        launcher += f" --num_cpu_threads_per_process {cpu_threads}"
     return f"{launcher} training/train.py --config {shown.as_posix()}"
 
 
@@ -282,7 +287,9 @@ def train(args: argparse.Namespace) -> None:
             results,
             config_name=args.config.stem,
             command=reproduce_command(
-                args.config, cpu_threads=torch.get_num_threads() if accelerator.device.type == "cpu" else 1
+                args.config,
+                cpu_threads=torch.get_num_threads() if accelerator.device.type == "cpu" else 1,
+                num_processes=accelerator.num_processes,
             ),
         )
         if (work_dir / args.config.stem).is_dir():  # tensorboard logs belong with the model
