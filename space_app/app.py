@@ -240,9 +240,9 @@ def start(args: argparse.Namespace, examples_folder: Path) -> tuple[Pipeline, li
     if is_embedded(args.model) and not EMBEDDED_CHECKPOINT.is_dir():
         raise StartupError(
             f"The embedded checkpoint {EMBEDDED_CHECKPOINT} is not there yet: train it with `accelerate launch "
-            "training/train.py --config training/configs/embedded-best-grid.yaml` and copy outputs/embedded-best-grid "
-            "there, or point CROPD_MODEL / --model at a CRoPD "
-            "checkpoint (Hub id or folder)."
+            "training/train.py --config training/configs/embedded-best-grid-pgd2.yaml` and copy "
+            "outputs/embedded-best-grid-pgd2 there, or point CROPD_MODEL / --model at a CRoPD checkpoint (Hub id or "
+            "folder)."
         )
     try:
         robust = load_pipeline(args.model)

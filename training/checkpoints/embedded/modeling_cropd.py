@@ -480,7 +480,7 @@ def pool_foundation_outputs(outputs: Any, pooling: str, grid_size: int = 2) -> t
         if side * side != patches.shape[1]:
             raise ValueError(
                 f"foundation_pooling='grid' needs a square grid of patch tokens after the CLS token; this foundation "
-                f"model returns {patches.shape[1]}. Use 'cls', 'mean' or 'pooler'."
+                f"model returns {patches.shape[1]} patch tokens. Use 'cls', 'mean' or 'pooler'."
             )
         # Patch tokens come in row-major image order (ViT-MAE's patch order is fixed by `_fixed_patch_order`).
         feature_map = patches.transpose(1, 2).reshape(len(patches), -1, side, side)
