@@ -150,13 +150,16 @@ class TrainingLossOutput(ModelOutput):
 
     loss: Tensor | None = None
     reconstruction_loss: Tensor | None = None
+    adversarial_reconstruction_loss: Tensor | None = None
     contrastive_loss: Tensor | None = None
 
 
 class CRoPDTrainingObjective(nn.Module):
     """Both training stages' losses behind one `forward`, so DDP sees (and synchronizes) whichever stage runs.
 
-    - `stage="purifier"`: ||g(x) - x||² + λ·L_con(z(x), z(x_adv)) (reconstruction only when no x_adv is given);
+    - `stage="purifier"`: w·||g(x) - x||² + w_adv·||g(x_adv) - x||² + λ·L_con(z(x), z(x_adv)) (the weights are
+      `reconstruction_weight`, `adversarial_reconstruction_weight` and `contrastive_weight` of the config;
+      reconstruction only when no x_adv is given);
     - `stage="head"`: cross-entropy of h on the features of f(g(·)) of x_adv when given (robust head), else of x.
     """
 
@@ -179,20 +182,27 @@ class CRoPDTrainingObjective(nn.Module):
             return TrainingLossOutput(loss=F.cross_entropy(self.model.classify(features), labels.long()))
         if stage != "purifier":
             raise ValueError(f"stage={stage!r} is invalid; accepted: 'purifier' or 'head'.")
+        config = self.model.config
         purified = self.model.purifier(pixel_values)
         reconstruction = reconstruction_loss(purified.reconstruction, pixel_values)
         if adversarial_pixel_values is None:
             return TrainingLossOutput(loss=reconstruction, reconstruction_loss=reconstruction.detach())
-        config = self.model.config
+        purified_adversarial = self.model.purifier(adversarial_pixel_values)
+        # Both views are pulled towards the clean image: g(x_adv) ≈ x is what makes g a purifier of attacks.
+        adversarial_reconstruction = reconstruction_loss(purified_adversarial.reconstruction, pixel_values)
         contrastive = adversarial_contrastive_loss(
             self.model.contrastive_features(pixel_values, purifier_output=purified),
-            self.model.contrastive_features(adversarial_pixel_values),
+            self.model.contrastive_features(adversarial_pixel_values, purifier_output=purified_adversarial),
             labels,
             temperature=config.contrastive_temperature,
             standardize=config.standardize_contrastive_features,
         )
+        loss = config.reconstruction_weight * reconstruction + config.contrastive_weight * contrastive
+        if config.adversarial_reconstruction_weight:
+            loss = loss + config.adversarial_reconstruction_weight * adversarial_reconstruction
         return TrainingLossOutput(
-            loss=reconstruction + config.contrastive_weight * contrastive,
+            loss=loss,
             reconstruction_loss=reconstruction.detach(),
+            adversarial_reconstruction_loss=adversarial_reconstruction.detach(),
             contrastive_loss=contrastive.detach(),
         )

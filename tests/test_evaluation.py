@@ -35,6 +35,7 @@ from cropd_hf.evaluation import (
     noise_margin,
     parse_args,
     print_sanity_report,
+    psnr_from_mse,
     summarize,
     write_outputs,
 )
@@ -360,6 +361,17 @@ def test_command_line_writes_eval_json_markdown_and_plots(checkpoints, reference
     ]
     table = (reference_run / "eval.md").read_text()
     assert "| identity | " in table and "| cropd | " in table and "AutoAttack-style" in table
+
+    # The purifier's fidelity: for the CRoPD model only, per ε over the samples correct clean (the attacked ones).
+    assert report.models[0].fidelity is None
+    fidelity = cropd.fidelity
+    assert 0 < fidelity["clean_mse"] < 1 and fidelity["clean_psnr_db"] == psnr_from_mse(fidelity["clean_mse"])
+    assert [entry["epsilon"] for entry in fidelity["epsilons"]] == [0.1, 0.05]
+    for epsilon in (0.1, 0.05):
+        at = cropd.fidelity_at(epsilon)
+        assert at["num_samples"] == round(48 * cropd.clean_accuracy)
+        assert 0 < at["perturbation_mse"] <= epsilon**2 + 1e-9 and 0 < at["purified_mse"] < 1
+    assert "clean PSNR (dB)" in table and f"{fidelity['clean_psnr_db']:.2f}" in table
 
 
 def test_the_report_goes_into_the_checkpoints_model_card(checkpoints, reference_run, tmp_path):

@@ -224,3 +224,54 @@ def test_standardized_contrastive_loss_uses_the_clean_batch_statistics():
     assert raw_gradient.norm() < 0.01 * standardized_gradient.norm()
     with pytest.raises(ValueError, match="at least 2 samples"):
         adversarial_contrastive_loss(clean[:1], adversarial[:1], labels[:1], standardize=True)
+
+
+def test_the_purifier_objective_weighs_both_reconstructions_and_the_contrastive_term(tiny_config):
+    from cropd_hf import CRoPDForImageClassification
+    from cropd_hf.losses import CRoPDTrainingObjective
+
+    torch.manual_seed(0)
+    weights = {"reconstruction_weight": 3.0, "adversarial_reconstruction_weight": 5.0, "contrastive_weight": 0.5}
+    model = CRoPDForImageClassification(tiny_config(purifier_architecture="conv", conv_channels=[4, 8], **weights))
+    images, labels = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    adversarial = (images + 0.1 * torch.randn_like(images).sign()).clamp(0, 1)
+    output = CRoPDTrainingObjective(model)(images, labels, adversarial_pixel_values=adversarial)
+    purified = model.purify(adversarial)
+    torch.testing.assert_close(output.adversarial_reconstruction_loss, reconstruction_loss(purified, images))
+    expected = 3.0 * output.reconstruction_loss + 5.0 * output.adversarial_reconstruction_loss
+    torch.testing.assert_close(output.loss, expected + 0.5 * output.contrastive_loss)
+
+
+@pytest.mark.parametrize("architecture", ["conv", "vit"])
+def test_a_bounded_residual_purifier_starts_as_the_identity_and_never_moves_a_pixel_further_than_its_bound(
+    tiny_config, architecture
+):
+    from cropd_hf import CRoPDModel
+
+    torch.manual_seed(0)
+    purifier = CRoPDModel(
+        tiny_config(purifier_architecture=architecture, conv_channels=[4, 8], purifier_residual_bound=0.1)
+    )
+    images = torch.rand(4, 1, 8, 8)
+    if architecture == "conv":  # the zero output layer: g is exactly the identity before training
+        torch.testing.assert_close(purifier(images).reconstruction, images)
+    with torch.no_grad():
+        for parameter in purifier.parameters():
+            parameter.add_(torch.randn_like(parameter))  # any weights at all
+    purified = purifier(images).reconstruction
+    assert (purified - images).abs().max() <= 0.1 + 1e-6
+    assert purified.min() >= 0 and purified.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"reconstruction_weight": -1.0}, "reconstruction_weight"),
+        ({"adversarial_reconstruction_weight": "1"}, "adversarial_reconstruction_weight"),
+        ({"purifier_residual_bound": 0.0}, "purifier_residual_bound"),
+        ({"purifier_residual_bound": 0.1, "purifier_residual": True}, "purifier_residual"),
+    ],
+)
+def test_bad_fidelity_settings_are_refused_naming_the_field(tiny_config, overrides, field):
+    with pytest.raises(ValueError, match=f"CRoPDConfig.{field}="):
+        tiny_config(**overrides)

@@ -82,7 +82,9 @@ def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_f
     assert (output / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     metrics = json.loads((output / "metrics.json").read_text())
-    assert {"clean", "fgsm", "pgd10", "pgd20", "epsilon", "num_samples", "attacks"} <= set(metrics)
+    assert {"clean", "fgsm", "pgd10", "pgd20", "worst_case", "epsilon", "num_samples", "attacks"} <= set(metrics)
+    assert metrics["worst_case"] <= min(metrics["fgsm"], metrics["pgd10"], metrics["pgd20"])
+    assert metrics["fidelity"]["clean_psnr_db"] > 0 and metrics["fidelity"]["num_samples"] == 24
     assert metrics["num_samples"] == 24 and metrics["epsilon"] == 0.1
     assert metrics["environment"]["torch"] == torch.__version__ and metrics["environment"]["processes"] == 1
     assert metrics["environment"]["threads_per_process"] >= 1
@@ -90,7 +92,7 @@ def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_f
     assert metrics["attacks"]["pgd20"] == {
         "name": "PGD",
         "eps": 0.1,
-        "alpha": 0.025,
+        "alpha": 0.0125,  # the evaluator's rule, 2.5·ε/steps: train.py sets no attack of its own
         "steps": 20,
         "restarts": 1,
         "random_start": True,
@@ -352,3 +354,90 @@ def test_push_to_hub_uploads_the_output_folder_with_a_hub_foundation_model(run_f
     assert "robust-image-classification" in config_json["custom_pipelines"]
     assert {"pipeline_cropd.py", "attacks.py", "modeling_cropd.py"} <= {path.name for path in output.iterdir()}
     assert ModelCard.load(output / "README.md").data.base_model == "org/tiny-vit-mae"
+
+
+PICKLE_PAYLOAD = """
+import os, pickle
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch {marker}",))
+
+with open({path!r}, "wb") as file:
+    pickle.dump(Payload(), file)
+"""
+
+
+def test_a_checkpoint_folder_with_a_pickle_is_refused_and_never_unpickled(run_file, tmp_path):
+    checkpoint = tmp_path / "crafted" / "purifier-epoch-001"
+    checkpoint.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    payload = PICKLE_PAYLOAD.format(marker=marker, path=str(checkpoint / "custom_checkpoint_0.pkl"))
+    subprocess.run([sys.executable, "-c", payload], check=True)
+    output = tmp_path / "out"
+    result = run_train(
+        "--config", str(run_file()), "--output_dir", str(output), "--resume_from_checkpoint", str(checkpoint)
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "custom_checkpoint_0.pkl" in result.stderr and "pickle" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists(), "the crafted pickle ran code"
+
+
+def test_resume_refuses_a_changed_run_file_unless_allowed_and_records_it(run_file, tmp_path):
+    config = run_file(purifier_epochs=1, head_epochs=1, eval_pgd_steps=[1])
+    first = tmp_path / "first"
+    result = run_train("--config", str(config), "--output_dir", str(first), "--keep_checkpoints")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = tmp_path / "first.work" / "checkpoints" / "purifier-epoch-001"
+    assert not list(checkpoint.glob("custom_checkpoint_*")), "progress is stored as JSON, not as a pickle"
+    saved = json.loads((checkpoint / "training_progress.json").read_text())
+    assert saved["epochs_done"]["purifier"] == 1 and saved["settings"]["seed"] == 0
+
+    changed = config.with_name("changed.yaml")
+    values = yaml.safe_load(config.read_text())
+    changed.write_text(yaml.safe_dump({**values, "seed": 1, "head_learning_rate": 0.1}))
+    resume = ("--config", str(changed), "--resume_from_checkpoint", str(checkpoint))
+    refused = run_train(*resume, "--output_dir", str(tmp_path / "refused"))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "seed: 0 -> 1" in refused.stderr and "head_learning_rate" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
+
+    allowed = run_train(*resume, "--output_dir", str(tmp_path / "allowed"), "--allow_changed_settings")
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    metrics = json.loads((tmp_path / "allowed" / "metrics.json").read_text())
+    assert metrics["resumed_with_changed_settings"] == ["head_learning_rate", "seed"]
+
+
+def test_a_run_without_a_single_training_step_is_refused(run_file, tmp_path):
+    output = tmp_path / "out"
+    result = run_train("--config", str(run_file(max_train_samples=10, batch_size=64)), "--output_dir", str(output))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "batch_size: 64" in result.stderr and "10 training images" in result.stderr
+    assert "Traceback" not in result.stderr and not output.exists()
+    assert not re.search(r"(purifier|head) epoch \d", result.stderr)
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(run_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_train("--config", str(run_file()), "--output_dir", str(blocker / "out"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "cannot be written" in result.stderr and str(blocker) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not re.search(r"(purifier|head) epoch \d", result.stderr)
+
+
+def test_every_purifier_epoch_logs_the_held_out_psnr_and_a_warning_below_the_floor(run_file, tmp_path):
+    output = tmp_path / "out"
+    config = run_file(
+        validation_size=64, reconstruction_epochs=1, purifier_epochs=1, head_epochs=1, min_purifier_psnr=99.0
+    )
+    result = run_train("--config", str(config), "--output_dir", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"reconstruction epoch 1/1: .*validation_psnr_db \d", result.stderr)
+    assert re.search(r"purifier epoch 1/1: .*validation_psnr_db \d", result.stderr)
+    assert "below min_purifier_psnr = 99.0 dB" in result.stderr
+    log = json.loads((output / "metrics.json").read_text())["purifier_fidelity_per_epoch"]
+    assert [(entry["stage"], entry["epoch"]) for entry in log] == [("reconstruction", 1), ("purifier", 1)]
+    assert all(entry["split"] == "validation" and entry["validation_psnr_db"] > 0 for entry in log)

@@ -3,7 +3,7 @@
     accelerate launch training/evaluate_robustness.py --model outputs/embedded --transfer_from outputs/embedded-identity
 
 The same as the `cropd-eval` console script; `--help` lists every option and its default. The code lives in
-`cropd_hf/evaluation.py`. (Not named evaluate.py: a script's folder comes first on sys.path, so that name would
+`cropd_hf/evaluation/` (cli.py). (Not named evaluate.py: a script's folder comes first on sys.path, so that name would
 hide the Hugging Face `evaluate` library from every script in training/.)
 """
 

@@ -62,6 +62,72 @@ def attack_description(settings: dict[str, Any]) -> str:
     return f"PGD-{settings['steps']}, ε={settings['eps']:.4g}, α={settings['alpha']:.4g}, random start{restarts}"
 
 
+def extra_metrics(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's worst case and the purifier's fidelity (`cropd_hf.evaluation`; none for the Identity baseline) as
+    model-card entries: each a results-table row (`row`, `shown`, `settings`) and a model-index metric
+    (`metric_type`, `metric_name`, `value`, `metric_args`). Results without them (older runs) give none."""
+    epsilon = results["epsilon"]
+    suite = ", ".join(attack_description(settings).split(",")[0] for settings in results["attacks"].values())
+    entries = []
+    if results.get("worst_case") is not None:
+        entries.append(
+            {
+                "row": "worst case",
+                "shown": f"{100 * results['worst_case']:.2f} %",
+                "settings": "per sample: robust only if every attack above fails",
+                "metric_type": "accuracy",
+                "metric_name": f"robust accuracy, worst case of {suite}, ε={epsilon:.4g}",
+                "value": results["worst_case"],
+                "metric_args": {"attack": "worst-case", "eps": epsilon, "attacks": list(results["attacks"])},
+            }
+        )
+    fidelity = results.get("fidelity")
+    if not fidelity:
+        return entries
+    entries.append(
+        {
+            "row": "purifier fidelity, clean",
+            "shown": f"PSNR {fidelity['clean_psnr_db']:.2f} dB",
+            "settings": f"g(x) against x: ‖g(x)−x‖² = {fidelity['clean_mse']:.4g} per pixel",
+            "metric_type": "psnr",
+            "metric_name": "purifier fidelity, PSNR of g(x) against x on clean images (dB)",
+            "value": fidelity["clean_psnr_db"],
+            "metric_args": {"attack": "purifier-fidelity", "images": "clean", "unit": "dB"},
+        }
+    )
+    worst = "worst-case adversarial image of each attacked sample (the last attack that broke it, else the last run)"
+    for at in fidelity["epsilons"]:
+        if at["purified_mse"] is None:  # no sample was correct clean, none attacked
+            continue
+        entries.append(
+            {
+                "row": f"purifier fidelity, ε={at['epsilon']:.4g}",
+                "shown": f"‖g(x_adv)−x‖² {at['purified_mse']:.4g} vs ‖x_adv−x‖² {at['perturbation_mse']:.4g}",
+                "settings": f"mean squared error per pixel, {worst}, {at['num_samples']} samples",
+                "metric_type": "mse",
+                "metric_name": "purifier fidelity, ‖g(x_adv)−x‖² per pixel, worst-case adversarial images, "
+                f"ε={at['epsilon']:.4g}",
+                "value": at["purified_mse"],
+                "metric_args": {
+                    "attack": "purifier-fidelity",
+                    "images": "worst-case adversarial",
+                    "eps": at["epsilon"],
+                },
+            }
+        )
+        entries.append(
+            {
+                "row": None,
+                "metric_type": "mse",
+                "metric_name": "perturbation ‖x_adv−x‖² per pixel, worst-case adversarial images, "
+                f"ε={at['epsilon']:.4g}",
+                "value": at["perturbation_mse"],
+                "metric_args": {"attack": "perturbation", "images": "worst-case adversarial", "eps": at["epsilon"]},
+            }
+        )
+    return entries
+
+
 def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_name: str, command: str) -> ModelCard:
     dataset = run.dataset
     hub_dataset = HUB_DATASET_IDS.get(dataset, dataset)
@@ -79,6 +145,20 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
         )
         for name, settings in [("clean", None), *results["attacks"].items()]
     ]
+    extra = extra_metrics(results)
+    eval_results += [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=hub_dataset,
+            dataset_name=DATASET_NAMES.get(dataset, dataset),
+            dataset_split=results["split"],
+            metric_type=entry["metric_type"],
+            metric_name=entry["metric_name"],
+            metric_value=entry["value"],
+            metric_args=entry["metric_args"],
+        )
+        for entry in extra
+    ]
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
@@ -92,6 +172,11 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
     rows = [{"name": "clean", "accuracy": f"{100 * results['clean']:.2f} %", "settings": "none"}] + [
         {"name": name, "accuracy": f"{100 * results[name]:.2f} %", "settings": attack_description(settings)}
         for name, settings in results["attacks"].items()
+    ]
+    rows += [
+        {"name": entry["row"], "accuracy": entry["shown"], "settings": entry["settings"]}
+        for entry in extra
+        if entry["row"] is not None  # the perturbation shares the row of g(x_adv)
     ]
     training_settings = [
         ("dataset", dataset),

@@ -38,7 +38,13 @@ class RunConfig:
     batch_size: int = 128
     # Random translation of the training images by up to this many pixels (0: none), in both stages.
     augment_max_shift: int = 0
+    # Warm start of g before stage 1: reconstruction only (no attack, no contrastive term), so that stage 1 starts
+    # from a g that copies its input. Cheap: g alone, without f.
+    reconstruction_epochs: int = 0
+    reconstruction_learning_rate: float = 3e-3
     purifier_epochs: int = 5
+    # A purifier epoch whose held-out PSNR of g(x) against x falls below this (dB) is reported loudly; null: never.
+    min_purifier_psnr: float | None = 20.0
     purifier_learning_rate: float = 1e-3
     purifier_weight_decay: float = 0.05
     head_training: Literal["clean", "adversarial"] = "clean"
@@ -49,7 +55,8 @@ class RunConfig:
     max_grad_norm: float | None = 1.0
     eval_split: str = "test"
     eval_epsilon: float = 0.1
-    eval_alpha: float = 0.025
+    # PGD step of the final evaluation; null: the evaluator's rule, 2.5·ε/steps (Madry et al.).
+    eval_alpha: float | None = None
     eval_pgd_steps: list[int] = dataclasses.field(default_factory=lambda: [10, 20])
     eval_num_samples: int | None = None
     eval_batch_size: int = 250
@@ -63,10 +70,10 @@ class RunConfig:
         for key in ("batch_size", "eval_batch_size", "head_attack_steps"):
             if getattr(self, key) < 1:
                 _fail(source, key, getattr(self, key), "an integer >= 1")
-        for key in ("validation_size", "purifier_epochs", "head_epochs", "augment_max_shift"):
+        for key in ("validation_size", "purifier_epochs", "reconstruction_epochs", "head_epochs", "augment_max_shift"):
             if getattr(self, key) < 0:
                 _fail(source, key, getattr(self, key), "an integer >= 0")
-        for key in ("purifier_learning_rate", "head_learning_rate"):
+        for key in ("reconstruction_learning_rate", "purifier_learning_rate", "head_learning_rate"):
             if not getattr(self, key) > 0:
                 _fail(source, key, getattr(self, key), "a number > 0")
         if self.purifier_weight_decay < 0:
@@ -75,12 +82,13 @@ class RunConfig:
             _fail(source, "max_grad_norm", self.max_grad_norm, "null (no clipping) or a number > 0")
         if not 0 <= self.warmup_ratio < 1:
             _fail(source, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
-        if not 0 <= self.eval_epsilon <= 1:
-            _fail(source, "eval_epsilon", self.eval_epsilon, "a number in [0, 1] (pixel units)")
-        if not 0 < self.eval_alpha <= 1:
-            _fail(source, "eval_alpha", self.eval_alpha, "a number in (0, 1] (pixel units)")
-        if not self.eval_pgd_steps or any(steps < 1 for steps in self.eval_pgd_steps):
-            _fail(source, "eval_pgd_steps", self.eval_pgd_steps, "a non-empty list of integers >= 1")
+        if not 0 < self.eval_epsilon <= 1:
+            _fail(source, "eval_epsilon", self.eval_epsilon, "a number in (0, 1] (pixel units)")
+        if self.eval_alpha is not None and not 0 < self.eval_alpha <= 1:
+            _fail(source, "eval_alpha", self.eval_alpha, "null (2.5·ε/steps) or a number in (0, 1] (pixel units)")
+        steps = self.eval_pgd_steps
+        if not steps or any(step < 1 for step in steps) or len(set(steps)) != len(steps):
+            _fail(source, "eval_pgd_steps", steps, "a non-empty list of distinct integers >= 1")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             _fail(source, "max_train_samples", self.max_train_samples, "null (all) or an integer >= 1")
         if self.eval_num_samples is not None and self.eval_num_samples < 1:

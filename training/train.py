@@ -11,7 +11,9 @@ checkpoint, metrics.json, a plot and the model card; it appears whole at the end
 """
 
 import argparse
+import dataclasses
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -36,16 +38,19 @@ from cropd_hf import (
     RobustImageClassificationPipeline,
 )
 from cropd_hf.attacks import FGSM, PGD
-from cropd_hf.data import label_names, load_image_dataset, random_shift, with_pixel_values
+from cropd_hf.data import label_names, load_image_dataset, pixel_tensors, random_shift, with_pixel_values
+from cropd_hf.evaluation import EvaluationSettings, evaluate_model, purifier_fidelity, quick_suite_settings
 from cropd_hf.losses import CRoPDTrainingObjective, contrastive_adversarial_examples
-from cropd_hf.metrics import load_robust_accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_report  # noqa: E402
 from run_config import DEFAULT_CONFIG, RunConfig, RunConfigError, load_run_config  # noqa: E402
 
 logger = get_logger(__name__)
-STAGES = ("purifier", "head")
+# reconstruction: g alone learns to copy x (a warm start); purifier: CRoPD's stage 1; head: stage 2.
+STAGES = ("reconstruction", "purifier", "head")
+# Held-out digits on which g's PSNR is logged after every purifier epoch.
+FIDELITY_SAMPLES = 500
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume_from_checkpoint", help="a folder written by save_state, or 'latest' for the run's newest one"
     )
+    parser.add_argument(
+        "--allow_changed_settings",
+        action="store_true",
+        help="resume even though the run file changed since the checkpoint (recorded in metrics.json and the card)",
+    )
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep the per-epoch states after success")
     parser.add_argument("--push_to_hub", action="store_true", help="upload the output folder to the Hub")
     parser.add_argument("--hub_model_id", help="org/name of the Hub repository for --push_to_hub")
@@ -63,16 +73,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class TrainingProgress:
-    """Which stage and epoch the run has finished; saved and restored with accelerate's checkpoint state."""
+    """Which stage and epoch the run has finished, and the settings it runs with; stored as JSON next to
+    accelerate's state (never as a pickle, which would run code on resume)."""
 
-    def __init__(self) -> None:
+    FILE = "training_progress.json"
+
+    def __init__(self, settings: dict[str, Any]) -> None:
         self.epochs_done = dict.fromkeys(STAGES, 0)
+        self.settings = settings
 
-    def state_dict(self) -> dict[str, int]:
-        return dict(self.epochs_done)
+    def save(self, folder: Path) -> None:
+        state = {"epochs_done": self.epochs_done, "settings": self.settings}
+        (folder / self.FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epochs_done = dict(state)
+    def load(self, folder: Path, allow_changed_settings: bool) -> list[str]:
+        """Restore the counters from `folder`; the settings that differ from the saved ones are returned, and
+        refused unless `allow_changed_settings`."""
+        path = folder / self.FILE
+        try:
+            state = json.loads(path.read_text())
+            epochs_done = {stage: int(state["epochs_done"][stage]) for stage in STAGES}
+            saved = dict(state["settings"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise RunConfigError(
+                f"--resume_from_checkpoint {folder}: {path.name} is missing or unreadable ({error}); it is not a "
+                "checkpoint written by this train.py. Start the run again without --resume_from_checkpoint."
+            ) from None
+        changed = sorted(key for key in {*saved, *self.settings} if saved.get(key) != self.settings.get(key))
+        if changed and not allow_changed_settings:
+            differences = "; ".join(f"{key}: {saved.get(key)!r} -> {self.settings.get(key)!r}" for key in changed)
+            raise RunConfigError(
+                f"--resume_from_checkpoint {folder}: the run file changed since that checkpoint ({differences}). "
+                "Resume with the same settings, or pass --allow_changed_settings to continue anyway (recorded "
+                "in metrics.json and the model card)."
+            )
+        self.epochs_done = epochs_done
+        return changed
+
+
+def check_checkpoint_files(folder: Path) -> None:
+    """Refuse a checkpoint folder with anything that accelerate would unpickle without restrictions."""
+    if not folder.is_dir():
+        raise RunConfigError(f"--resume_from_checkpoint {folder}: no such checkpoint folder.")
+    # accelerate loads custom_checkpoint_*.pkl with weights_only=False; this script never writes one.
+    unsafe = sorted(path.name for path in folder.iterdir() if path.name.startswith("custom_checkpoint_"))
+    if unsafe:
+        raise RunConfigError(
+            f"--resume_from_checkpoint {folder}: refused, it holds {', '.join(unsafe)}, a pickle that would run "
+            "code when loaded. This train.py never writes such a file; do not resume from a folder you did not make."
+        )
 
 
 def reproduce_command(config: Path, cpu_threads: int, num_processes: int = 1) -> str:
@@ -96,13 +145,15 @@ def resolve_paths(args: argparse.Namespace, run: RunConfig) -> tuple[Path, Path]
     return output_dir, output_dir.with_name(output_dir.name + ".work")
 
 
-def check_before_work(args: argparse.Namespace, run: RunConfig, output_dir: Path) -> None:
-    """Everything that can be refused is refused here, before data, models or folders are touched."""
+def check_before_work(args: argparse.Namespace, run: RunConfig, output_dir: Path, work_dir: Path) -> None:
+    """Everything that can be refused is refused here, before data or models are touched."""
     if output_dir.exists() and not args.overwrite_output_dir and not args.resume_from_checkpoint:
         raise RunConfigError(
             f"{output_dir} exists; pass --overwrite_output_dir to replace it (it is replaced only once the new "
             "run has finished), or choose another --output_dir."
         )
+    check_writable(work_dir, "the run's working folder (checkpoints, the output being built)")
+    check_writable(output_dir.parent, "the folder the output folder goes into")
     if args.push_to_hub:
         if not args.hub_model_id or args.hub_model_id.count("/") != 1:
             raise RunConfigError("--push_to_hub needs --hub_model_id org/name.")
@@ -113,6 +164,28 @@ def check_before_work(args: argparse.Namespace, run: RunConfig, output_dir: Path
                 "who downloads this checkpoint could load. Upload the foundation model to the Hub first and set "
                 "model.foundation_model_name_or_path (and foundation_model_revision) to its id."
             )
+
+
+def check_writable(folder: Path, role: str) -> None:
+    """Create `folder` if needed and write a probe file into it: an unwritable place is found before any work."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise RunConfigError(
+            f"{folder} ({role}) cannot be written: {error.strerror or error}. Choose another --output_dir."
+        ) from None
+
+
+def check_steps_per_epoch(steps: int, num_samples: int, run: RunConfig) -> None:
+    if steps == 0:
+        raise RunConfigError(
+            f"no training step per epoch: {num_samples} training images (max_train_samples: "
+            f"{run.max_train_samples}) make no full batch of batch_size: {run.batch_size} (the last, incomplete "
+            "batch is dropped). Use a batch_size of at most the number of training images."
+        )
 
 
 def build_model(run: RunConfig, labels: list[str]) -> CRoPDForImageClassification:
@@ -161,13 +234,16 @@ def latest_checkpoint(work_dir: Path) -> Path:
     return checkpoints[-1]
 
 
-def save_checkpoint(accelerator: Accelerator, work_dir: Path, stage: str, epoch: int) -> None:
+def save_checkpoint(
+    accelerator: Accelerator, work_dir: Path, stage: str, epoch: int, progress: TrainingProgress
+) -> None:
     # Written under a temporary name and renamed, so a kill never leaves a half checkpoint behind.
     final = work_dir / "checkpoints" / f"{stage}-epoch-{epoch:03d}"
     partial = final.with_name(final.name + ".partial")
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        progress.save(partial)
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
     accelerator.wait_for_everyone()
@@ -180,7 +256,7 @@ def make_optimizer(parameters: Any, learning_rate: float, weight_decay: float) -
 def train(args: argparse.Namespace) -> None:
     run = load_run_config(args.config)
     output_dir, work_dir = resolve_paths(args, run)
-    check_before_work(args, run, output_dir)
+    check_before_work(args, run, output_dir, work_dir)
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -211,16 +287,23 @@ def train(args: argparse.Namespace) -> None:
     train_loader = torch.utils.data.DataLoader(
         with_pixel_values(splits["train"], processor), batch_size=run.batch_size, shuffle=True, drop_last=True
     )
-    # The Identity baseline has no purifier, hence no stage 1.
-    stages = STAGES if config.use_purifier else ("head",)
-    stage_epochs = {"purifier": run.purifier_epochs, "head": run.head_epochs}
+    stage_epochs = {
+        "reconstruction": run.reconstruction_epochs,
+        "purifier": run.purifier_epochs,
+        "head": run.head_epochs,
+    }
+    # The Identity baseline has no purifier, hence no stage 1 and no warm start.
+    stages = tuple(stage for stage in STAGES if stage_epochs[stage] and (config.use_purifier or stage == "head"))
     optimizers = {"head": make_optimizer(model.classifier.parameters(), run.head_learning_rate, 0.0)}
     if config.use_purifier:
-        optimizers["purifier"] = make_optimizer(
-            model.purifier.parameters(), run.purifier_learning_rate, run.purifier_weight_decay
-        )
+        for stage, learning_rate in (
+            ("reconstruction", run.reconstruction_learning_rate),
+            ("purifier", run.purifier_learning_rate),
+        ):
+            optimizers[stage] = make_optimizer(model.purifier.parameters(), learning_rate, run.purifier_weight_decay)
     # Counted on the whole loader: accelerate steps a prepared scheduler once per process per optimizer step.
     steps_per_epoch = len(train_loader)
+    check_steps_per_epoch(steps_per_epoch, len(splits["train"]), run)
     schedulers = {
         stage: get_cosine_schedule_with_warmup(
             optimizers[stage],
@@ -235,19 +318,25 @@ def train(args: argparse.Namespace) -> None:
     )
     optimizers = dict(zip(stages, prepared[: len(stages)], strict=True))
     schedulers = dict(zip(stages, prepared[len(stages) :], strict=True))
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-
+    progress = TrainingProgress(resolved_settings(run))
+    changed_settings: list[str] = []
     if args.resume_from_checkpoint:
         checkpoint = (
             latest_checkpoint(work_dir)
             if args.resume_from_checkpoint == "latest"
             else Path(args.resume_from_checkpoint)
         )
-        accelerator.load_state(str(checkpoint))
+        check_checkpoint_files(checkpoint)
+        changed_settings = progress.load(checkpoint, args.allow_changed_settings)
+        # Optimizer, scheduler and RNG states go through torch's restricted unpickler (tensors and numbers only).
+        accelerator.load_state(str(checkpoint), load_kwargs={"weights_only": True})
         accelerator.print(f"resumed from {checkpoint}: epochs done {progress.epochs_done}")
 
     unwrapped = accelerator.unwrap_model(objective).model
+    # g's fidelity is watched on held-out digits every purifier epoch: the validation split, else the eval split.
+    fidelity_split = "validation" if "validation" in splits else run.eval_split
+    fidelity_images = pixel_tensors(splits[fidelity_split], processor)[0][:FIDELITY_SAMPLES].to(accelerator.device)
+    fidelity_log: list[dict[str, Any]] = []
     for stage in stages:
         for epoch in range(progress.epochs_done[stage], stage_epochs[stage]):
             train_loader.set_epoch(epoch)
@@ -255,18 +344,29 @@ def train(args: argparse.Namespace) -> None:
                 accelerator, objective, train_loader, optimizers[stage], schedulers[stage], run, stage, epoch
             )
             progress.epochs_done[stage] = epoch + 1
+            if stage != "head":
+                fidelity = purifier_fidelity(unwrapped, fidelity_images)
+                metrics[f"{fidelity_split}_psnr_db"] = fidelity["psnr_db"]
+                fidelity_log.append({"stage": stage, "epoch": epoch + 1, "split": fidelity_split, **metrics})
+                if stage == "purifier":  # the warm start begins from a flat grey image, by design
+                    warn_if_unfaithful(
+                        metrics[f"{fidelity_split}_psnr_db"], run.min_purifier_psnr, f"{stage} epoch {epoch + 1}"
+                    )
             logger.info(
                 f"{stage} epoch {epoch + 1}/{stage_epochs[stage]}: {format_metrics(metrics)}", main_process_only=True
             )
             accelerator.log({f"{stage}/{key}": value for key, value in metrics.items()}, step=epoch + 1)
-            save_checkpoint(accelerator, work_dir, stage, epoch + 1)
+            save_checkpoint(accelerator, work_dir, stage, epoch + 1, progress)
 
     unwrapped.eval()
     weights_checksum = checksum(unwrapped)
     logger.info(f"trained weights checksum: {weights_checksum:.10e}", main_process_only=False)
-    results = evaluate_model(accelerator, unwrapped, splits[run.eval_split], processor, run)
+    results = evaluate_trained_model(accelerator, unwrapped, splits[run.eval_split], processor, run)
     results["trained_weights_checksum"] = weights_checksum
     results["environment"] = run_environment(accelerator)
+    results["purifier_fidelity_per_epoch"] = fidelity_log
+    if changed_settings:
+        results["resumed_with_changed_settings"] = changed_settings
 
     if accelerator.is_main_process:
         staging = work_dir / "output"
@@ -322,7 +422,9 @@ def train_one_epoch(
     for batch in bar:
         pixel_values, labels = random_shift(batch["pixel_values"], run.augment_max_shift), batch["labels"]
         adversarial = make_training_attack(model, pixel_values, labels, run, stage)
-        output = objective(pixel_values, labels, adversarial_pixel_values=adversarial, stage=stage)
+        # The warm start is stage 1 without its attack: reconstruction only.
+        objective_stage = "head" if stage == "head" else "purifier"
+        output = objective(pixel_values, labels, adversarial_pixel_values=adversarial, stage=objective_stage)
         accelerator.backward(output.loss)
         if run.max_grad_norm is not None:
             # The contrastive loss at a low temperature has rare huge gradients that can saturate g's output.
@@ -339,12 +441,18 @@ def train_one_epoch(
 
 
 def make_training_attack(
-    model: CRoPDForImageClassification, pixel_values: torch.Tensor, labels: torch.Tensor, run: RunConfig, stage: str
+    model: CRoPDForImageClassification,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    run: RunConfig,
+    stage: str,
 ) -> torch.Tensor | None:
     """The adversarial inputs a stage trains on, or None when it trains on clean inputs only."""
     config = model.config
+    if stage == "reconstruction":
+        return None
     if stage == "purifier":
-        if config.contrastive_weight == 0:
+        if config.contrastive_weight == 0 and config.adversarial_reconstruction_weight == 0:
             return None  # the plain auto-encoder baseline needs no attack
         return contrastive_adversarial_examples(model, pixel_values, labels)
     if run.head_training == "clean":
@@ -357,54 +465,56 @@ def make_training_attack(
     return attack(model, pixel_values, labels)
 
 
-def evaluation_attacks(run: RunConfig) -> dict[str, Any]:
-    """The evaluation suite, keyed as in metrics.json; every attack is white-box on the whole chain."""
-    attacks: dict[str, Any] = {"fgsm": FGSM(eps=run.eval_epsilon)}
-    for steps in run.eval_pgd_steps:
-        attacks[f"pgd{steps}"] = PGD(eps=run.eval_epsilon, alpha=run.eval_alpha, steps=steps)
-    return attacks
+def evaluation_settings(run: RunConfig, num_samples: int) -> EvaluationSettings:
+    """The final evaluation's settings: `cropd_hf.evaluation`'s cheap suite at the run's ε (FGSM, PGD-k for each k of
+    eval_pgd_steps with step 2.5·ε/k or eval_alpha, no APGD), its random starts seeded by the run's seed."""
+    return quick_suite_settings(
+        run.eval_epsilon,
+        pgd_steps=tuple(run.eval_pgd_steps),
+        pgd_alpha=run.eval_alpha,
+        batch_size=run.eval_batch_size,
+        seed=run.seed,
+        dataset=run.dataset,
+        split=run.eval_split,
+        data_seed=run.seed,
+        validation_size=run.validation_size,
+        num_samples=num_samples,
+    )
 
 
-def evaluate_model(
+def evaluate_trained_model(
     accelerator: Accelerator,
     model: CRoPDForImageClassification,
     dataset: Any,
     processor: CRoPDImageProcessor,
     run: RunConfig,
 ) -> dict[str, Any]:
-    """Clean and robust accuracy on the evaluation split, each process attacking its share of the samples."""
+    """Clean and robust accuracy, the suite's worst case, the sanity checks and the purifier's fidelity on the
+    evaluation split, by `cropd_hf.evaluation.evaluate_model` (each process attacks its share of the batches, every
+    process gets every number); keyed as in metrics.json."""
     if run.eval_num_samples is not None:
         dataset = dataset.select(range(min(run.eval_num_samples, len(dataset))))
-    loader = accelerator.prepare_data_loader(
-        torch.utils.data.DataLoader(with_pixel_values(dataset, processor), batch_size=run.eval_batch_size)
+    settings = evaluation_settings(run, len(dataset))
+    result = evaluate_model(
+        model, with_pixel_values(dataset, processor), settings, accelerator=accelerator, model_name="evaluation"
     )
-    attacks = evaluation_attacks(run)
-    predictions: dict[str, list[torch.Tensor]] = {name: [] for name in ("clean", *attacks)}
-    references = []
-    for batch in tqdm(loader, desc="evaluation", disable=not accelerator.is_local_main_process, leave=False):
-        pixel_values, labels = batch["pixel_values"], batch["labels"]
-        with torch.no_grad():
-            predictions["clean"].append(model(pixel_values).logits.argmax(-1))
-        for name, attack in attacks.items():
-            adversarial = attack(model, pixel_values, labels)
-            with torch.no_grad():
-                predictions[name].append(model(adversarial).logits.argmax(-1))
-        references.append(accelerator.gather_for_metrics(labels))
-        for name in predictions:
-            predictions[name][-1] = accelerator.gather_for_metrics(predictions[name][-1])
-    metric = load_robust_accuracy()
-    references_list = torch.cat(references).tolist()
-    accuracies = {
-        name: metric.compute(predictions=torch.cat(values).tolist(), references=references_list)["accuracy"]
-        for name, values in predictions.items()
-    }
+    for check in result.failed_checks:
+        logger.warning(
+            f"!!! SANITY CHECK FAILED: {check.name}: {check.measured} (needs {check.threshold}). {check.note}",
+            main_process_only=True,
+        )
+    at_epsilon = result.at(settings.reference_epsilon)
     return {
-        **accuracies,
+        "clean": result.clean_accuracy,
+        **{attack.name: attack.accuracy for attack in at_epsilon.attacks},
+        "worst_case": at_epsilon.worst_case_accuracy,
         "epsilon": run.eval_epsilon,
-        "num_samples": len(references_list),
+        "num_samples": result.num_samples,
         "split": run.eval_split,
         "dataset": run.dataset,
-        "attacks": {name: attack.settings() for name, attack in attacks.items()},
+        "attacks": {attack.name: attack.settings for attack in at_epsilon.attacks},
+        "fidelity": result.fidelity,
+        "sanity_checks": [dataclasses.asdict(check) for check in result.sanity_checks],
     }
 
 
@@ -425,6 +535,21 @@ def push_to_hub(output_dir: Path, repo_id: str) -> None:
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="Upload CRoPD model")
+
+
+def warn_if_unfaithful(psnr: float, floor: float | None, where: str) -> None:
+    if floor is not None and psnr < floor:
+        logger.warning(
+            f"!!! {where}: g(x) is {psnr:.1f} dB from x, below min_purifier_psnr = {floor} dB: g no "
+            "longer reconstructs its input (a learned encoder, not a purifier). Raise model.reconstruction_weight or "
+            "lower model.contrastive_weight.",
+            main_process_only=True,
+        )
+
+
+def resolved_settings(run: RunConfig) -> dict[str, Any]:
+    """Every setting of the run after `base:` inheritance and defaults, as plain JSON values."""
+    return json.loads(json.dumps(dataclasses.asdict(run)))
 
 
 def run_environment(accelerator: Accelerator) -> dict[str, Any]:
