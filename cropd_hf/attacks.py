@@ -8,6 +8,7 @@ cross-entropy by default; APGD (Croce & Hein 2020) also offers the DLR loss and 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -48,22 +49,25 @@ class Attack:
         *,
         generator: torch.Generator | None = None,
     ) -> None:
-        eps, alpha = float(eps), float(alpha)
-        if not 0 <= eps <= 1:
-            raise ValueError(f"eps must be in [0, 1] (L∞ radius in [0, 1] pixel units), got {eps!r}")
+        eps = _check_eps(eps)
         # alpha = 0 only makes sense for the identity attack eps = 0 (e.g. FGSM(eps=0) as a clean baseline).
-        if not (math.isfinite(alpha) and (alpha > 0 or alpha == eps == 0)):
-            raise ValueError(f"alpha must be a finite step size > 0, got {alpha!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+        alpha = _check_real("alpha", alpha, "a finite step size > 0", lambda value: value > 0 or value == eps == 0)
         self.eps = eps
         self.alpha = alpha
-        self.steps = steps
-        self.restarts = restarts
-        self.random_start = bool(random_start)
+        self.steps = _check_count("steps", steps)
+        self.restarts = _check_count("restarts", restarts)
+        self.random_start = _check_flag("random_start", random_start)
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be None (cross-entropy) or a callable loss_fn(outputs, labels) returning per-sample "
+                f"losses, got {loss_fn!r} of type {type(loss_fn).__name__}"
+            )
         self.loss_fn = loss_fn
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be None (the global RNG) or a torch.Generator, got {generator!r} of type "
+                f"{type(generator).__name__}"
+            )
         self.generator = generator
 
     def settings(self) -> dict[str, Any]:
@@ -177,6 +181,7 @@ class FGSM(Attack):
         generator: torch.Generator | None = None,
     ) -> None:
         if alpha is None:
+            eps, random_start = _check_eps(eps), _check_flag("random_start", random_start)
             alpha = 1.25 * eps if random_start else eps
         super().__init__(eps, alpha, 1, 1, random_start, loss_fn, generator=generator)
 
@@ -247,23 +252,24 @@ class APGD(Attack):
         *,
         generator: torch.Generator | None = None,
     ) -> None:
+        if not isinstance(loss, str):
+            raise TypeError(f"loss must be 'ce' or 'dlr', got {loss!r} of type {type(loss).__name__}")
         if loss not in ("ce", "dlr"):
             raise ValueError(f"loss must be 'ce' or 'dlr', got {loss!r}")
+        targeted = _check_flag("targeted", targeted)
         if targeted and loss != "dlr":
             raise ValueError("targeted APGD (APGD-T) maximizes the targeted DLR loss: pass loss='dlr'")
-        if isinstance(n_target_classes, bool) or not isinstance(n_target_classes, int) or n_target_classes < 1:
-            raise ValueError(f"n_target_classes must be an integer >= 1, got {n_target_classes!r}")
-        if not 0 < rho < 1:
-            raise ValueError(f"rho must be in (0, 1), got {rho!r}")
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        n_target_classes = _check_count("n_target_classes", n_target_classes)
+        rho = _check_real("rho", rho, "in (0, 1)", lambda value: 0 < value < 1)
+        momentum = _check_real("momentum", momentum, "in [0, 1]", lambda value: 0 <= value <= 1)
         # alpha is the initial step 2·eps; the random start is part of the algorithm.
-        super().__init__(eps, 2 * float(eps), steps, restarts, True, None, generator=generator)
+        eps = _check_eps(eps)
+        super().__init__(eps, 2 * eps, steps, restarts, True, None, generator=generator)
         self.loss = loss
-        self.targeted = bool(targeted)
+        self.targeted = targeted
         self.n_target_classes = n_target_classes
-        self.rho = float(rho)
-        self.momentum = float(momentum)
+        self.rho = rho
+        self.momentum = momentum
 
     def settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
@@ -404,6 +410,37 @@ class APGD(Attack):
 
     def _loss_name(self) -> str:
         return "the targeted DLR loss" if self.targeted else "the DLR loss" if self.loss == "dlr" else "cross-entropy"
+
+
+def _check_real(name: str, value: Any, accepted: str, valid: Callable[[float], bool]) -> float:
+    """``value`` as a float: a TypeError unless it is a real number (bool excluded), a ValueError unless it is
+    finite and ``valid``; both name the argument, the value and what is accepted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {accepted}, got {value!r} of type {type(value).__name__}")
+    number = float(value)
+    if not (math.isfinite(number) and valid(number)):
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+    return number
+
+
+def _check_eps(eps: Any) -> float:
+    return _check_real("eps", eps, "in [0, 1] (L∞ radius in [0, 1] pixel units)", lambda value: 0 <= value <= 1)
+
+
+def _check_count(name: str, value: Any) -> int:
+    """An integer >= 1: a TypeError for what is not a number, a ValueError for a number that is not such an
+    integer (2.5, 0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an integer >= 1, got {value!r} of type {type(value).__name__}")
+    if not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}")
+    return value
 
 
 def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.activations import ACT2FN
 from transformers.utils import cached_file
 
 PURIFIER_ARCHITECTURES = ("vit", "conv")
@@ -188,7 +189,7 @@ class CRoPDConfig(PreTrainedConfig):
         self.foundation_image_mean = list(self.foundation_image_mean)
         self.foundation_image_std = list(self.foundation_image_std)
         self.conv_channels = list(self.conv_channels)
-        self.check_cropd_values()
+        self.check_cropd_values(num_labels=kwargs.get("num_labels"))
         super().__post_init__(**kwargs)
 
     @classmethod
@@ -246,8 +247,15 @@ class CRoPDConfig(PreTrainedConfig):
             return self.train_step_size
         return 1.25 * self.train_epsilon if steps == 1 else 2.5 * self.train_epsilon / steps
 
-    def check_cropd_values(self) -> None:
+    def check_cropd_values(self, num_labels: Any = None) -> None:
         """Raise a `ValueError` naming the field, its value and what is accepted, for every invalid value."""
+        # num_labels is no field: PreTrainedConfig turns it into id2label after this check, range(-3) into {}.
+        if num_labels is not None and (not _is_int(num_labels) or num_labels < 1):
+            _invalid("num_labels", num_labels, "a positive integer (the number of classes)")
+        if getattr(self, "id2label", None) is not None and len(self.id2label) < 1:
+            _invalid("id2label", self.id2label, "None or a non-empty {class index: label} map")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            _invalid("hidden_act", self.hidden_act, f"one of {sorted(ACT2FN)}")
         for name in (
             "image_size",
             "num_channels",

@@ -87,7 +87,19 @@ class RobustImageClassificationPipeline(Pipeline):
         epsilon: float | None = None,
         steps: int | None = None,
         return_images: bool | None = None,
+        input_data_format: str | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        preprocess_params: dict[str, Any] = {}
+        if input_data_format is not None:
+            if not isinstance(input_data_format, str) or input_data_format not in ("channels_first", "channels_last"):
+                raise ValueError(
+                    f"input_data_format={input_data_format!r} is invalid; accepted: None (inferred), "
+                    "'channels_first' or 'channels_last' (where the channel axis of a 3-dimensional array is)."
+                )
+            # A plain str (ChannelDimension is a str enum): the checkpoint's processor may be remote code.
+            preprocess_params["input_data_format"] = (
+                "channels_first" if input_data_format == "channels_first" else "channels_last"
+            )
         forward_params: dict[str, Any] = {}
         if attack is not None:
             if not isinstance(attack, str) or attack.lower() not in ATTACKS:
@@ -113,7 +125,7 @@ class RobustImageClassificationPipeline(Pipeline):
             if not _is_int(top_k) or top_k < 1:
                 raise ValueError(f"top_k={top_k!r} is invalid; accepted: an integer >= 1.")
             postprocess_params["top_k"] = int(top_k)
-        return {}, forward_params, postprocess_params
+        return preprocess_params, forward_params, postprocess_params
 
     def __call__(self, inputs: Any, **kwargs: Any) -> dict[str, Any] | list[dict[str, Any]]:
         """
@@ -132,6 +144,9 @@ class RobustImageClassificationPipeline(Pipeline):
                 L∞ radius of the attack in [0, 1] pixel units.
             steps (`int`, *optional*, defaults to 10):
                 PGD iterations (only with `attack="pgd"`).
+            input_data_format (`str`, *optional*):
+                `"channels_first"` or `"channels_last"`: where the channel axis of a 3-dimensional array or tensor
+                is. Inferred by default; an array whose layout is ambiguous (a 3 x 3 RGB image) is refused without it.
             return_images (`bool`, *optional*, defaults to `False`):
                 Also return the images, as float32 arrays `(height, width, channels)` with the exact values
                 (not rounded to 8 bits, which could undo part of an attack).
@@ -154,7 +169,7 @@ class RobustImageClassificationPipeline(Pipeline):
         if isinstance(inputs, tuple):
             inputs = list(inputs)
         if isinstance(inputs, list) and not inputs:
-            raise ValueError(f"The {TASK} pipeline got an empty list of images.")
+            raise ValueError(f"The {TASK} pipeline got an empty list of images as `inputs`.")
         batch_size = kwargs.get("batch_size") or self._batch_size or 1
         if batch_size != 1:
             raise ValueError(f"batch_size={batch_size!r} is not supported: each image is attacked on its own.")
@@ -164,7 +179,14 @@ class RobustImageClassificationPipeline(Pipeline):
         # The attacks switch autograd back on inside this context, which torch.inference_mode would forbid.
         return torch.no_grad
 
-    def preprocess(self, image: Any) -> BatchFeature:
+    def preprocess(self, image: Any, input_data_format: str | None = None) -> BatchFeature:
+        try:
+            return self._pixel_values(image, input_data_format)
+        except ValueError as error:
+            # The image processor names its own argument, `images`; say which argument of the pipeline it was.
+            raise ValueError(f"{error} (in the `inputs` of the {TASK} pipeline)") from error
+
+    def _pixel_values(self, image: Any, input_data_format: str | None) -> BatchFeature:
         if isinstance(image, (str, os.PathLike)):
             image = _open_image_file(os.fspath(image))
         elif isinstance(image, (np.ndarray, torch.Tensor)):
@@ -176,7 +198,8 @@ class RobustImageClassificationPipeline(Pipeline):
                 f"Unsupported input {type(image).__name__}; accepted: a path to an image file, a PIL image, a numpy "
                 "array, a torch tensor, or a list of them."
             )
-        model_inputs = self.image_processor(images=image, return_tensors="pt")
+        options = {} if input_data_format is None else {"input_data_format": input_data_format}
+        model_inputs = self.image_processor(images=image, return_tensors="pt", **options)
         return model_inputs.to(self.dtype)
 
     def _forward(

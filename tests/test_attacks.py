@@ -1,10 +1,11 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from cropd_hf.attacks import FGSM, PGD, Attack
+from cropd_hf.attacks import APGD, FGSM, PGD, Attack
 from cropd_hf.losses import adversarial_contrastive_loss
 
 EPS = 0.1
@@ -358,3 +359,65 @@ def test_a_model_returning_neither_logits_nor_a_tensor_is_refused(batch):
     images, labels = batch
     with pytest.raises(TypeError, match=r"\.logits"):
         FGSM(EPS)(lambda x: {"scores": x}, images, labels)
+
+
+# Issue 7: every constructor argument checked by type and range, the message naming argument, value and accepted.
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: FGSM(True), TypeError, r"eps must be in \[0, 1\] .*got True of type bool"),
+        (lambda: FGSM("0.1"), TypeError, r"eps must be in \[0, 1\] .*got '0.1' of type str"),
+        (lambda: FGSM(None), TypeError, r"eps must be in \[0, 1\] .*got None of type NoneType"),
+        (lambda: FGSM("0.1", random_start=True), TypeError, r"eps must be .*got '0.1' of type str"),
+        (lambda: FGSM(float("nan")), ValueError, r"eps must be in \[0, 1\] .*got nan"),
+        (lambda: FGSM(float("inf")), ValueError, r"eps must be in \[0, 1\] .*got inf"),
+        (lambda: FGSM(0.1, alpha="big"), TypeError, r"alpha must be a finite step size > 0, got 'big' of type str"),
+        (lambda: PGD(0.1, alpha=None), TypeError, r"alpha must be a finite step size > 0, got None"),
+        (lambda: PGD(0.1, alpha=float("inf")), ValueError, r"alpha must be a finite step size > 0, got inf"),
+        (lambda: PGD(0.1, alpha=True), TypeError, r"alpha must be .*got True of type bool"),
+        (lambda: PGD(0.1, alpha=0.01, steps=True), TypeError, r"steps must be an integer >= 1, got True of type bool"),
+        (lambda: PGD(0.1, alpha=0.01, steps="3"), TypeError, r"steps must be an integer >= 1, got '3' of type str"),
+        (lambda: PGD(0.1, alpha=0.01, steps=2.0), ValueError, r"steps must be an integer >= 1, got 2.0"),
+        (lambda: PGD(0.1, alpha=0.01, restarts=None), TypeError, r"restarts must be an integer >= 1, got None"),
+        (lambda: PGD(0.1, alpha=0.01, restarts=-2), ValueError, r"restarts must be an integer >= 1, got -2"),
+        (lambda: PGD(0.1, alpha=0.01, random_start="no"), TypeError, r"random_start must be True or False, got 'no'"),
+        (lambda: FGSM(0.1, random_start=1), TypeError, r"random_start must be True or False, got 1 of type int"),
+        (lambda: FGSM(0.1, loss_fn="ce"), TypeError, r"loss_fn must be None .* or a callable .*got 'ce'"),
+        (lambda: PGD(0.1, alpha=0.01, generator=0), TypeError, r"generator must be None .* or a torch.Generator"),
+        (lambda: APGD(None), TypeError, r"eps must be in \[0, 1\] .*got None of type NoneType"),
+        (lambda: APGD(True), TypeError, r"eps must be .*got True of type bool"),
+        (lambda: APGD(0.1, steps=None), TypeError, r"steps must be an integer >= 1, got None"),
+        (lambda: APGD(0.1, loss=None), TypeError, r"loss must be 'ce' or 'dlr', got None of type NoneType"),
+        (lambda: APGD(0.1, loss="CE"), ValueError, r"loss must be 'ce' or 'dlr', got 'CE'"),
+        (lambda: APGD(0.1, loss="dlr", targeted="yes"), TypeError, r"targeted must be True or False, got 'yes'"),
+        (lambda: APGD(0.1, targeted=1, loss="dlr"), TypeError, r"targeted must be True or False, got 1 of type int"),
+        (lambda: APGD(0.1, n_target_classes=2.5), ValueError, r"n_target_classes must be an integer >= 1, got 2.5"),
+        (lambda: APGD(0.1, n_target_classes="9"), TypeError, r"n_target_classes must be an integer >= 1, got '9'"),
+        (lambda: APGD(0.1, rho="0.5"), TypeError, r"rho must be in \(0, 1\), got '0.5' of type str"),
+        (lambda: APGD(0.1, rho=float("nan")), ValueError, r"rho must be in \(0, 1\), got nan"),
+        (lambda: APGD(0.1, momentum=None), TypeError, r"momentum must be in \[0, 1\], got None"),
+        (lambda: APGD(0.1, momentum=-0.1), ValueError, r"momentum must be in \[0, 1\], got -0.1"),
+        (lambda: APGD(0.1, generator="seed"), TypeError, r"generator must be None .* or a torch.Generator"),
+    ],
+)
+def test_constructor_arguments_are_checked_by_type_and_range(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_numbers_of_any_real_type_are_accepted_and_stored_as_python_numbers():
+    attack = PGD(np.float64(0.1), alpha=np.float32(0.5), steps=np.int64(3), restarts=np.int32(2))
+    assert attack.settings() == {
+        "name": "PGD",
+        "eps": 0.1,
+        "alpha": 0.5,
+        "steps": 3,
+        "restarts": 2,
+        "random_start": True,
+    }
+    assert type(attack.eps) is float and type(attack.steps) is int and type(attack.restarts) is int
+    assert FGSM(0).eps == 0.0 and type(FGSM(0).alpha) is float
+    apgd = APGD(np.float64(0.1), steps=np.int64(4), rho=np.float64(0.5), n_target_classes=np.int64(2))
+    assert (apgd.alpha, apgd.steps, apgd.rho, apgd.n_target_classes) == (0.2, 4, 0.5, 2)
