@@ -6,7 +6,14 @@
 
 Two white-box attacks run per request, each against its own chain: one against `h(f(x))` (no defence), one
 against `h(f(g(x)))` (CRoPD). The page shows the clean image, the adversarial image made against CRoPD, its
-perturbation (amplified), the purified image `g(x_adv)`, and the three predictions.
+perturbation (amplified), the purified image `g(x_adv)` with its PSNR against the clean image, and the three
+predictions.
+
+Models: by default the checkpoints shipped in training/checkpoints (model_loading.SHIPPED): the CRoPD purifier
+`embedded`, and the robust encoder `embedded-robust-encoder` when that folder exists, the page's picker choosing one
+per request; what each is comes from its model card (the tag `robust-encoder`), not its name. `--model` /
+`CROPD_MODEL` names one checkpoint: one of the shipped ones (folder or Hub id, the Hub id falling back to the folder
+when the Hub cannot serve it) is then the default of the picker, any other the only choice.
 
 Examples: `--examples` / `CROPD_EXAMPLES` is a folder of images or a dataset name known to `cropd_hf.data` (its
 test split); the embedded checkpoint defaults to the embedded MNIST test split. Without the cropd_hf package (a
@@ -20,14 +27,16 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import model_loading
 import numpy as np
 import PIL.Image
 import torch
-from model_loading import EMBEDDED_CHECKPOINT, is_embedded, load_pipeline
+from model_loading import DESCRIPTIONS, REPO_ROOT, ShippedCheckpoint, checkpoint_kind, load_pipeline
 from transformers import Pipeline
 
 EMBEDDED_EXAMPLES = "embedded-mnist"
@@ -39,7 +48,11 @@ NUM_EXAMPLES = 12
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # Native images are a few dozen pixels a side: shown larger, with visible pixels rather than a blur.
 DISPLAY_SIZE = 224
-MAX_UPLOAD = "20mb"
+# The images are a few kB: anything larger is not what the page is for.
+MAX_UPLOAD = "5mb"
+# Uploads and the images shown are deleted from gradio's cache: checked every 10 minutes, deleted after an hour.
+DELETE_CACHE = (600, 3600)
+ACCEPTED_IMAGES = "an image file (PNG, JPEG, BMP, GIF, WebP or another format PIL reads)"
 
 
 class StartupError(Exception):
@@ -72,6 +85,38 @@ def load_examples(source: str, folder: Path) -> list[tuple[str, str]]:
     return examples
 
 
+@dataclass(frozen=True)
+class Model:
+    """One model of the picker: where it was loaded from, its pipeline, and what kind of model it is."""
+
+    name: str  # the folder (relative to the repository when inside it) or Hub id, as the page shows it
+    robust: Pipeline
+    kind: str  # a key of model_loading.DESCRIPTIONS
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self.kind]
+
+    @property
+    def choice(self) -> str:
+        """The picker's text for this model: what it is, then where it comes from."""
+        return f"{self.description} — {self.name}"
+
+
+def check_image_file(image: str) -> None:
+    """Refuse a file that is not an image, by its content (PIL), whatever its name says."""
+    name = Path(image).name
+    if not os.path.isfile(image):
+        raise gr.Error(f"No file {name!r}: pick an example or upload {ACCEPTED_IMAGES}.")
+    try:
+        with PIL.Image.open(image):  # the header only: cheap, and enough to know the format
+            pass
+    except PIL.Image.DecompressionBombError as error:
+        raise gr.Error(f"{name!r} is too large an image ({error}).") from error
+    except OSError as error:  # PIL.UnidentifiedImageError among them
+        raise gr.Error(f"{name!r} is not an image, whatever its extension; accepted: {ACCEPTED_IMAGES}.") from error
+
+
 def attack_image(robust: Pipeline, image: str | None, attack: str, epsilon: float) -> dict[str, Any]:
     """Run the pipeline on one request, every input checked here (the page is not the only client)."""
     if not image:
@@ -82,6 +127,7 @@ def attack_image(robust: Pipeline, image: str | None, attack: str, epsilon: floa
     is_number = isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) and math.isfinite(epsilon)
     if not is_number or not low <= epsilon <= high:
         raise gr.Error(f"ε must be a number in [{low}, {high}]; got {epsilon!r}.")
+    check_image_file(image)
     name, steps = ATTACKS[attack]
     try:
         return robust(image, attack=name, epsilon=float(epsilon), steps=steps, return_images=True, top_k=3)
@@ -106,29 +152,83 @@ def amplified(perturbation: np.ndarray | None, epsilon: float) -> PIL.Image.Imag
     return to_display(0.5 + perturbation / (2 * epsilon) if epsilon > 0 else np.full_like(perturbation, 0.5))
 
 
+def psnr(reference: np.ndarray, image: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of `image` against `reference`, pixels in [0, 1]: 10·log10(1 / MSE)."""
+    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(image, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def describe_purified(kind: str, images: dict[str, np.ndarray | None]) -> str:
+    """What the purified panel shows, with its PSNR against the clean image, both at native size."""
+    if images["purified"] is None:
+        return "No purifier: there is no g(x_adv) to compare with the clean x."
+    height, width = images["input"].shape[:2]
+    value = psnr(images["input"], images["purified"])
+    text = (
+        f"PSNR of the purified g(x_adv) against the clean x: **{value:.1f} dB** "
+        f"(10·log10(1/MSE), pixels in [0, 1], at the native {width} x {height}; higher is closer)."
+    )
+    if kind == "robust-encoder":
+        text += (
+            "\n\nThis model is a robust encoder, not a purifier: its g(x_adv) is a code for f and is not meant to "
+            "look like the digit, so a low PSNR is what it does, not a failure."
+        )
+    return text
+
+
+def titles(kind: str) -> dict[str, str]:
+    """Each panel's title for a kind of model: what the panel shows, in the chain's own notation."""
+    if kind == "identity":
+        return {
+            "adversarial": "Adversarial x_adv (made against h(f(x)): this model has no purifier)",
+            "purified": "Purified: none (this model has no purifier)",
+            "clean": "Clean: h(f(x))",
+            "defended": "Attacked, with the purifier: none (this model has no purifier)",
+        }
+    purified = "Purified g(x_adv)"
+    defended = "Attacked, with the purifier: h(f(g(x_adv)))"
+    if kind == "robust-encoder":
+        purified = "Purified g(x_adv): a code for f, not meant to look like the digit"
+        defended = "Attacked, with the robust encoder: h(f(g(x_adv)))"
+    return {
+        "adversarial": "Adversarial x_adv (made against h(f(g(x))))",
+        "purified": purified,
+        "clean": "Clean: h(f(g(x)))",
+        "defended": defended,
+    }
+
+
+CLEAN_TITLE = "Clean x"
+PERTURBATION_TITLE = "Perturbation x_adv − x (gray = 0, black = −ε, white = +ε)"
+UNDEFENDED_TITLE = "Attacked, no defence: h(f(x_adv')) (the head without the purifier, attacked on its own)"
+
+
 def confidences(prediction: list[dict[str, Any]] | None) -> dict[str, float] | str:
     if prediction is None:  # only the chain with the purifier, on a model without one
         return "no purifier: this model is the Identity baseline"
     return {entry["label"]: entry["score"] for entry in prediction}
 
 
-def describe(result: dict[str, Any], seconds: float) -> str:
+def describe(result: dict[str, Any], seconds: float, model: Model) -> str:
     settings = result["attack"]
     attack = f"**{settings['name']}**, ε = {settings['eps']:.4g}"
     if settings["name"] == "PGD":
         attack += f", α = {settings['alpha']:.4g}, {settings['steps']} steps, {settings['restarts']} restart"
         attack += ", random start (seed 0)" if settings["random_start"] else ""
-    defence = "CRoPD purifier" if result["has_purifier"] else "no purifier (Identity baseline)"
+    defence = "no purifier (Identity baseline)" if model.kind == "identity" else model.description
     return (
-        f"{attack}; white-box, each chain attacked away from its own clean prediction. Model: {defence}. "
-        f"Answered in {seconds:.2f} s."
+        f"{attack}; white-box, each chain attacked away from its own clean prediction. Model: {defence}, "
+        f"`{model.name}`. Answered in {seconds:.2f} s."
     )
 
 
-def respond(robust: Pipeline, image: str | None, attack: str, epsilon: float) -> tuple:
-    """The page's outputs for one request: four images, three label panels, the attack's description."""
+def respond(model: Model, image: str | None, attack: str, epsilon: float) -> tuple:
+    """The page's outputs for one request: four images, the purified image's PSNR, three label panels, the attack.
+
+    Values only (what an API client gets): the panels' titles follow the model picked (`titles`, on the picker).
+    """
     start = time.perf_counter()
-    result = attack_image(robust, image, attack, epsilon)
+    result = attack_image(model.robust, image, attack, epsilon)
     seconds = time.perf_counter() - start
     images = result["images"]
     # The adversarial image shown is the one made against the model's whole chain, purifier included if any.
@@ -138,35 +238,76 @@ def respond(robust: Pipeline, image: str | None, attack: str, epsilon: float) ->
         to_display(images[f"adversarial_{chain}"]),
         amplified(images[f"perturbation_{chain}"], epsilon),
         to_display(images["purified"]),
+        describe_purified(model.kind, images),
         confidences(result["clean"]),
         confidences(result["attacked_without_purifier"]),
         confidences(result["attacked_with_purifier"]),
-        describe(result, seconds),
+        describe(result, seconds, model),
     )
 
 
-def build_demo(robust: Pipeline, examples: list[tuple[str, str]], model_name: str) -> gr.Blocks:
-    has_purifier = bool(robust.model.config.use_purifier)
-    default_epsilon = min(max(float(robust.model.config.train_epsilon), EPSILON_RANGE[0]), EPSILON_RANGE[1])
+def epsilon_slider(default: float) -> gr.Slider:
+    """The ε slider, handing any value to the app, which says what is wrong with it.
+
+    gradio's own slider compares the value with its bounds first: a string sent through the API (the page cannot)
+    would then fail inside gradio with a bare "Error" instead of the app's message. (An instance attribute, not a
+    subclass: gradio writes a .pyi stub next to the module of any component subclass.)
+    """
+    slider = gr.Slider(
+        *EPSILON_RANGE, value=default, step=0.005, label="ε (L∞ radius, pixels in [0, 1])", elem_id="epsilon"
+    )
+    slider.preprocess = lambda payload: payload  # checked by attack_image
+    return slider
+
+
+def build_demo(models: list[Model], examples: list[tuple[str, str]]) -> gr.Blocks:
+    """The page: `models` are the picker's choices, the default first."""
+    by_name = {model.name: model for model in models}
+    default = models[0]
+    default_epsilon = min(max(float(default.robust.model.config.train_epsilon), EPSILON_RANGE[0]), EPSILON_RANGE[1])
 
     # gradio hands the progress tracker in through this default.
-    def run(image: str | None, attack: str, epsilon: float, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+    def run(image: str | None, attack: str, epsilon: float, model: str, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+        if model not in by_name:
+            raise gr.Error(f"Unknown model {model!r}; accepted: {', '.join(map(repr, by_name))}.")
         progress(0.1, desc=f"{attack} against both chains (two white-box attacks)…")
-        return respond(robust, image, attack, epsilon)
+        return respond(by_name[model], image, attack, epsilon)
 
-    with gr.Blocks(title="CRoPD: attack versus purified", analytics_enabled=False) as demo:
-        against = "CRoPD" if has_purifier else "the bare classifier (this model has no purifier)"
+    def show(name: str) -> tuple:
+        """A newly picked model: the panels' titles for it, and no results of the previous one."""
+        title = titles(by_name[name].kind if name in by_name else "purifier")
+        return (
+            None,
+            gr.update(value=None, label=title["adversarial"]),
+            None,
+            gr.update(value=None, label=title["purified"]),
+            "",
+            gr.update(value=None, label=title["clean"]),
+            None,
+            gr.update(value=None, label=title["defended"]),
+            "",
+        )
+
+    with gr.Blocks(title="CRoPD: attack versus purified", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(
             "# CRoPD: attack versus purified\n"
-            "A white-box L∞ attack against the classifier without defence, `h(f(x))`, and against the same "
-            "classifier behind the CRoPD purifier, `h(f(g(x)))` ([arXiv 2504.10850]"
-            f"(https://arxiv.org/abs/2504.10850)). Model: `{model_name}`.\n\n"
-            f"The adversarial image is the one made against {against}; the perturbation is stretched from ±ε to "
-            "the full range (gray = 0, black = −ε, white = +ε); the purified image is what the purifier makes of "
-            "the adversarial one."
+            "A white-box L∞ attack against the classifier without defence, `h(f(x))`, and another against the same "
+            "classifier behind the model's `g`, `h(f(g(x)))` ([arXiv 2504.10850](https://arxiv.org/abs/2504.10850))."
+            "\n\n"
+            "Pick the model: a CRoPD purifier `g` gives back an image that looks like its input (a purified "
+            "picture of the digit); a robust encoder's `g(x)` is a code for the foundation model `f`, not a "
+            "picture. The adversarial image is the one made against the model's whole chain; the perturbation is "
+            "stretched from ±ε to the full range (gray = 0, black = −ε, white = +ε); the purified image is what `g` "
+            "makes of the adversarial one, with its PSNR against the clean image."
         )
         with gr.Row():
             with gr.Column(scale=1):
+                model = gr.Radio(
+                    [(entry.choice, entry.name) for entry in models],
+                    value=default.name,
+                    label="Model",
+                    elem_id="model",
+                )
                 gallery = gr.Gallery(
                     [(path, caption) for path, caption in examples],
                     label="Examples (click one)",
@@ -181,32 +322,31 @@ def build_demo(robust: Pipeline, examples: list[tuple[str, str]], model_name: st
                     label="Image (an example, or upload one)", file_types=["image"], height=120, elem_id="image"
                 )
                 attack = gr.Radio(list(ATTACKS), value="PGD-10", label="Attack", elem_id="attack")
-                epsilon = gr.Slider(
-                    *EPSILON_RANGE,
-                    value=default_epsilon,
-                    step=0.005,
-                    label="ε (L∞ radius, pixels in [0, 1])",
-                    elem_id="epsilon",
-                )
+                epsilon = epsilon_slider(default_epsilon)
                 button = gr.Button("Attack", variant="primary", elem_id="run")
             with gr.Column(scale=2):
-                with gr.Row():
-                    shown = [
-                        gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id)
-                        for label, elem_id in (
-                            ("Clean", "clean-image"),
-                            ("Adversarial", "adversarial-image"),
-                            ("Perturbation", "perturbation-image"),
-                            ("Purified" if has_purifier else "Purified: no purifier", "purified-image"),
-                        )
-                    ]
+                title = titles(default.kind)
+                # Two by two: each panel wide enough for its title.
+                shown = []
+                for pair in (
+                    ((CLEAN_TITLE, "clean-image"), (title["adversarial"], "adversarial-image")),
+                    ((PERTURBATION_TITLE, "perturbation-image"), (title["purified"], "purified-image")),
+                ):
+                    with gr.Row():
+                        for label, elem_id in pair:
+                            with gr.Column(min_width=200):
+                                shown.append(
+                                    gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id)
+                                )
+                                if elem_id == "purified-image":
+                                    purified_psnr = gr.Markdown(elem_id="purified-psnr")
                 with gr.Row():
                     labels = [
                         gr.Label(label=label, num_top_classes=3, elem_id=elem_id)
                         for label, elem_id in (
-                            ("Clean", "clean-label"),
-                            ("Attacked, no defence", "undefended-label"),
-                            ("Attacked, with CRoPD", "defended-label"),
+                            (title["clean"], "clean-label"),
+                            (UNDEFENDED_TITLE, "undefended-label"),
+                            (title["defended"], "defended-label"),
                         )
                     ]
                 status = gr.Markdown(elem_id="status")
@@ -214,8 +354,10 @@ def build_demo(robust: Pipeline, examples: list[tuple[str, str]], model_name: st
         def pick(selection: gr.SelectData) -> str:
             return examples[selection.index][0]
 
+        outputs = [*shown[:4], purified_psnr, *labels, status]
         gallery.select(pick, None, image, api_name=False)
-        button.click(run, [image, attack, epsilon], [*shown, *labels, status], api_name="attack")
+        model.change(show, model, outputs, api_name=False)
+        button.click(run, [image, attack, epsilon, model], outputs, api_name="attack")
     return demo
 
 
@@ -223,8 +365,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model",
-        default=os.environ.get("CROPD_MODEL") or str(EMBEDDED_CHECKPOINT),
-        help="CRoPD checkpoint, Hub id or folder (env CROPD_MODEL; default: the embedded checkpoint)",
+        default=os.environ.get("CROPD_MODEL") or None,
+        help="CRoPD checkpoint, Hub id or folder (env CROPD_MODEL; default: the checkpoints shipped in "
+        "training/checkpoints, the embedded one first)",
     )
     parser.add_argument(
         "--examples",
@@ -236,25 +379,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start(args: argparse.Namespace, examples_folder: Path) -> tuple[Pipeline, list[tuple[str, str]]]:
-    if is_embedded(args.model) and not EMBEDDED_CHECKPOINT.is_dir():
+def shown_name(source: str) -> str:
+    """A folder inside the repository relative to it (as the README names it); anything else as given."""
+    path = Path(source).resolve()
+    if path.is_dir() and path.is_relative_to(REPO_ROOT):
+        return str(path.relative_to(REPO_ROOT))
+    return source
+
+
+def model_sources(model: str | None) -> tuple[list[list[str]], bool]:
+    """For each model to offer, default first, where to load it from (tried in order); and whether they are the
+    shipped checkpoints (whose examples are the embedded MNIST test split)."""
+    shipped: tuple[ShippedCheckpoint, ...] = model_loading.SHIPPED
+    if model is None:
+        return [[str(entry.folder)] for entry in shipped if entry is shipped[0] or entry.folder.is_dir()], True
+    named = [entry for entry in shipped if model == entry.hub_id or Path(model).resolve() == entry.folder.resolve()]
+    if not named:
+        return [[model]], False
+    from_hub = model == named[0].hub_id
+    sources = []
+    for entry in [named[0], *(entry for entry in shipped if entry is not named[0])]:
+        # A Hub id falls back to its folder when the Hub cannot serve it (offline, not published yet).
+        tries = ([entry.hub_id] if from_hub else []) + [str(entry.folder)] * entry.folder.is_dir()
+        if entry is named[0] or tries:  # the one named is tried even if absent: its failure is then said
+            sources.append(tries or [str(entry.folder)])
+    return sources, True
+
+
+def load_models(model: str | None) -> tuple[list[Model], bool]:
+    """The picker's models, default first (loaded once: they are small); and whether they are the shipped ones."""
+    default = model_loading.SHIPPED[0].folder
+    if (model is None or Path(model).resolve() == default.resolve()) and not default.is_dir():
         raise StartupError(
-            f"The embedded checkpoint {EMBEDDED_CHECKPOINT} is not there yet: train it with `accelerate launch "
+            f"The embedded checkpoint {default} is not there yet: train it with `accelerate launch "
             "training/train.py --config training/configs/embedded-best-grid-pgd2.yaml` and copy "
             "outputs/embedded-best-grid-pgd2 there, or point CROPD_MODEL / --model at a CRoPD checkpoint (Hub id or "
             "folder)."
         )
+    sources, shipped = model_sources(model)
+    models = []
+    for index, tries in enumerate(sources):
+        failures = []
+        for source in tries:
+            try:
+                robust = load_pipeline(source)
+            except Exception as error:  # anything from a missing folder to a network failure: said once, clearly
+                failures.append(f"{source}: {type(error).__name__}: {error}")
+                continue
+            for failure in failures:
+                print(f"warning: loaded {source} instead of {failure}", file=sys.stderr)
+            models.append(Model(shown_name(source), robust, checkpoint_kind(robust, source)))
+            break
+        else:
+            if index == 0:
+                named = f"{model!r} (CROPD_MODEL / --model)" if model else f"{tries[0]!r} (the default)"
+                raise StartupError(f"Cannot load the CRoPD model {named}: {'; '.join(failures)}")
+            print(f"warning: not offered, cannot be loaded: {'; '.join(failures)}", file=sys.stderr)
+    return models, shipped
+
+
+def has_datasets() -> bool:
     try:
-        robust = load_pipeline(args.model)
-    except Exception as error:  # anything from a missing folder to a network failure: said once, clearly
-        raise StartupError(
-            f"Cannot load the CRoPD model {args.model!r} (CROPD_MODEL / --model): {type(error).__name__}: {error}"
-        ) from error
+        import cropd_hf.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def start(args: argparse.Namespace, examples_folder: Path) -> tuple[list[Model], list[tuple[str, str]]]:
+    models, shipped = load_models(args.model)
     source = args.examples
-    if source is None and is_embedded(args.model):
-        source = EMBEDDED_EXAMPLES
+    if source is None and shipped and has_datasets():
+        source = EMBEDDED_EXAMPLES  # the shipped checkpoints' test split (a Space without the package: no gallery)
     examples = load_examples(source, examples_folder) if source else []
-    return robust, examples
+    return models, examples
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -265,11 +463,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="cropd-examples-") as folder:
         try:
-            robust, examples = start(args, Path(folder))
+            models, examples = start(args, Path(folder))
         except StartupError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
-        demo = build_demo(robust, examples, args.model)
+        demo = build_demo(models, examples)
         # Example files may live outside gradio's own folders.
         allowed = [folder, *{str(Path(path).parent) for path, _ in examples}]
         demo.launch(server_name=args.host, server_port=args.port, allowed_paths=allowed, max_file_size=MAX_UPLOAD)

@@ -1,13 +1,46 @@
-"""Which CRoPD model the Space runs, and how it is loaded (shared with benchmarks/pipeline_latency.py)."""
+"""Which CRoPD models the Space runs, and how they are loaded (shared with benchmarks/pipeline_latency.py)."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import ModelCard, metadata_load
+from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Pipeline, pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = REPO_ROOT / "training" / "checkpoints"
 # The default model: what `accelerate launch training/train.py` trains, copied into the repository.
-EMBEDDED_CHECKPOINT = REPO_ROOT / "training" / "checkpoints" / "embedded"
+EMBEDDED_CHECKPOINT = CHECKPOINTS / "embedded"
+# A learned robust encoder in front of the same f: its g(x) is a code for f, not a picture of x.
+ROBUST_ENCODER_CHECKPOINT = CHECKPOINTS / "embedded-robust-encoder"
 TASK = "robust-image-classification"
+
+# The model card tag (README.md front matter, `tags:`) that marks a robust encoder: the kind of a checkpoint is read
+# from its card, never guessed from its name.
+ROBUST_ENCODER_TAG = "robust-encoder"
+# What each kind of checkpoint is, in the words the page shows.
+DESCRIPTIONS = {
+    "purifier": "CRoPD purifier (faithful: g(x) looks like x)",
+    "robust-encoder": "Robust encoder (not a purifier: g(x) is a code for f, not an image of the digit)",
+    "identity": "No purifier (Identity baseline: the head alone, h(f(x)))",
+    "unknown": "CRoPD model whose model card could not be read (purifier or robust encoder: unknown)",
+}
+
+
+@dataclass(frozen=True)
+class ShippedCheckpoint:
+    """A checkpoint of the repository: its folder, and the Hub id it is published under."""
+
+    folder: Path
+    hub_id: str
+
+
+# The checkpoints the Space offers by default, the default first. The folders are used offline; the Hub ids when
+# CROPD_MODEL / --model names one of them (a Space holding only space_app/), each falling back to its folder.
+SHIPPED = (
+    ShippedCheckpoint(EMBEDDED_CHECKPOINT, "cropd-hf/cropd-embedded-mnist"),
+    ShippedCheckpoint(ROBUST_ENCODER_CHECKPOINT, "cropd-hf/cropd-embedded-mnist-robust-encoder"),
+)
 
 
 def is_embedded(model: str) -> bool:
@@ -25,3 +58,33 @@ def load_pipeline(model: str) -> Pipeline:
     # A model object, not its name: a checkpoint that declares the pipeline for remote code would otherwise make
     # transformers ask for trust_remote_code even though cropd_hf is installed.
     return pipeline(TASK, model=classifier, image_processor=AutoImageProcessor.from_pretrained(model))
+
+
+def card_tags(model: str) -> list[str]:
+    """The `tags:` of a checkpoint's model card (the front matter of its README.md): folder or Hub id.
+
+    A checkpoint without a card, or a card without tags, has none. A Hub card that cannot be fetched raises.
+    """
+    if Path(model).is_dir():
+        readme = Path(model) / "README.md"
+        metadata = metadata_load(readme) if readme.is_file() else None
+        tags = (metadata or {}).get("tags")
+    else:
+        try:
+            tags = ModelCard.load(model).data.tags
+        except EntryNotFoundError:  # a Hub repository without README.md
+            return []
+    if isinstance(tags, str):
+        return [tags]
+    return [str(tag) for tag in tags or []]
+
+
+def checkpoint_kind(robust: Pipeline, model: str) -> str:
+    """ "purifier", "robust-encoder", "identity" (no g at all) or "unknown" (the card could not be read)."""
+    if not robust.model.config.use_purifier:
+        return "identity"
+    try:
+        tags = card_tags(model)
+    except Exception:  # an unreachable Hub, a malformed front matter: the page says it does not know
+        return "unknown"
+    return "robust-encoder" if ROBUST_ENCODER_TAG in tags else "purifier"

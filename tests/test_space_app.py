@@ -1,6 +1,14 @@
-"""The Gradio Space: the real app on a local port, called with gradio_client and driven in headless Chromium."""
+"""The Gradio Space: the real app on a local port, called with gradio_client and driven in headless Chromium.
 
+The browser test runs the shipped default checkpoint (training/checkpoints/embedded) and asserts that its purified
+panel looks like the clean one (PSNR >= 15 dB). CROPD_TEST_SPACE_MODEL=path/to/checkpoint runs it against another
+checkpoint instead (to check the test itself with a stand-in); left unset, the app runs with its own default.
+"""
+
+import base64
+import io
 import json
+import math
 import os
 import re
 import shutil
@@ -21,6 +29,7 @@ import torch
 from conftest import tiny_cropd_config
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from huggingface_hub import metadata_save
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -37,6 +46,10 @@ import app as space  # noqa: E402
 import model_loading  # noqa: E402
 
 LABELS = {0: "zero", 1: "one", 2: "two"}
+PURIFIER = "CRoPD purifier (faithful: g(x) looks like x)"
+ROBUST_ENCODER = "Robust encoder (not a purifier: g(x) is a code for f, not an image of the digit)"
+# The purified panel of a faithful purifier looks like the clean one, at the size the page shows both.
+DISPLAYED_PSNR_FLOOR = 15.0
 ARTIFACTS = Path(os.environ.get("CROPD_TEST_ARTIFACTS", REPO / "outputs" / "test-artifacts"))
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -77,7 +90,9 @@ def free_port() -> int:
 
 
 def run_app(*args: str, **env: str) -> subprocess.Popen:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    # A CROPD_MODEL of the person running the tests does not reach the app: each test says which model it runs.
+    inherited = {key: value for key, value in os.environ.items() if key != "CROPD_MODEL"}
+    environment = {**inherited, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
     return subprocess.Popen(
         [sys.executable, str(SPACE / "app.py"), *args],
         env=environment,
@@ -87,13 +102,10 @@ def run_app(*args: str, **env: str) -> subprocess.Popen:
     )
 
 
-@pytest.fixture(scope="module")
-def server(checkpoint, tmp_path_factory):
-    """The real app, serving the tiny checkpoint (CROPD_MODEL) with a gallery of sklearn digits on a free port."""
-    port = free_port()
-    process = run_app("--port", str(port), "--examples", "sklearn-digits", CROPD_MODEL=str(checkpoint))
+def serve(process: subprocess.Popen, port: int, timeout: float = 150):
+    """The app's URL once it answers; the process is stopped when the module's tests are done."""
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise AssertionError(f"the app stopped: {process.stderr.read()[-3000:]}")
@@ -104,11 +116,28 @@ def server(checkpoint, tmp_path_factory):
         except OSError:
             if time.monotonic() > deadline:
                 process.kill()
-                raise AssertionError("the app did not serve within 120 s") from None
+                raise AssertionError(f"the app did not serve within {timeout} s") from None
             time.sleep(0.25)
     yield url
     process.terminate()
     process.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    """The real app, serving the tiny checkpoint (CROPD_MODEL) with a gallery of sklearn digits on a free port."""
+    port = free_port()
+    process = run_app("--port", str(port), "--examples", "sklearn-digits", CROPD_MODEL=str(checkpoint))
+    yield from serve(process, port)
+
+
+@pytest.fixture(scope="module")
+def shipped_server():
+    """The real app as it starts by default: the shipped checkpoints, the embedded MNIST examples."""
+    port = free_port()
+    stand_in = os.environ.get("CROPD_TEST_SPACE_MODEL")
+    model = ["--model", stand_in, "--examples", "embedded-mnist"] if stand_in else []
+    yield from serve(run_app("--port", str(port), *model), port)
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +148,16 @@ def example(tmp_path_factory) -> str:
     return path
 
 
-def test_the_client_gets_three_predictions_and_the_images_for_an_example(server, example):
+def psnr_in_text(text: str) -> float:
+    match = re.search(r"PSNR of the purified g\(x_adv\) against the clean x: \*{0,2}(-?[\d.]+|inf) dB", text)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_the_client_gets_three_predictions_the_images_and_the_psnr_for_an_example(server, checkpoint, example):
     client = Client(server, verbose=False)
-    *images, clean, undefended, defended, status = client.predict(
+    # The model is the last input, with the picker's default: a client may leave it out.
+    *images, psnr, clean, undefended, defended, status = client.predict(
         handle_file(example), "PGD-10", 0.1, api_name="/attack"
     )
     for path in images:
@@ -132,23 +168,45 @@ def test_the_client_gets_three_predictions_and_the_images_for_an_example(server,
         assert [entry["label"] for entry in prediction["confidences"]] != []
         assert {entry["label"] for entry in prediction["confidences"]} == set(LABELS.values())
     assert "**PGD**, ε = 0.1, α = 0.025, 10 steps, 1 restart" in status
-    assert "Model: CRoPD purifier" in status
+    assert f"Model: {PURIFIER}, `{checkpoint}`" in status
+
+    # The PSNR shown is the one of the pipeline's own arrays (native size, not the enlarged 8-bit panels).
+    result = space.attack_image(model_loading.load_pipeline(str(checkpoint)), example, "PGD-10", 0.1)
+    expected = space.psnr(result["images"]["input"], result["images"]["purified"])
+    assert psnr_in_text(psnr) == pytest.approx(expected, abs=0.051)
+    assert "at the native 8 x 8" in psnr
+
+    # The same request naming the model explicitly, as the page sends it.
+    *_, named_status = client.predict(handle_file(example), "FGSM", 0.1, str(checkpoint), api_name="/attack")
+    assert "**FGSM**, ε = 0.1" in named_status
 
 
 def test_bad_requests_are_answered_and_the_app_keeps_serving(server, example, tmp_path):
     client = Client(server, verbose=False)
-    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "notes.png").write_text("not an image")  # an image's name, not an image's content
+    (tmp_path / "notes.txt").write_text("not an image")
     Image.fromarray(np.zeros((1, 4097), np.uint8)).save(tmp_path / "wide.png")
     refused = [
-        ((tmp_path / "notes.png", "PGD-10", 0.1), "'notes.png' is not an image file that PIL can read."),
+        ((tmp_path / "notes.png", "PGD-10", 0.1), "'notes.png' is not an image, whatever its extension; accepted: "),
+        ((tmp_path / "notes.txt", "PGD-10", 0.1), "Please upload a file that is one of these formats: ['image']"),
         ((tmp_path / "wide.png", "PGD-10", 0.1), "too large (4097 x 1 pixels)"),
-        ((example, "PGD-10", 0.5), "0.5"),
+        ((example, "PGD-10", 0.5), "ε must be a number in [0.0, 0.3]; got 0.5."),
+        # The page's slider cannot send a string; the API can, and gets the app's own message.
+        ((example, "PGD-10", "abc"), "ε must be a number in [0.0, 0.3]; got 'abc'."),
         ((example, "BIM", 0.1), "BIM"),
     ]
     for (path, attack, epsilon), message in refused:
         with pytest.raises(AppError) as caught:
             client.predict(handle_file(str(path)), attack, epsilon, api_name="/attack")
         assert message in str(caught.value)
+    assert "an image file (PNG, JPEG" in space.ACCEPTED_IMAGES
+    with pytest.raises(AppError, match="is not in the list of choices"):
+        client.predict(handle_file(example), "FGSM", 0.1, "some/other-model", api_name="/attack")
+
+    # An upload larger than max_file_size is refused before the app sees it.
+    (tmp_path / "large.png").write_bytes(bytes(6 * 1024 * 1024))
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 5242880 bytes"):
+        client.predict(handle_file(str(tmp_path / "large.png")), "FGSM", 0.1, api_name="/attack")
 
     # An RGB image for this grayscale model is converted, and the app still answers.
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(tmp_path / "rgb.png")
@@ -160,37 +218,178 @@ def test_bad_requests_are_answered_and_the_app_keeps_serving(server, example, tm
         assert "**FGSM**, ε = 0.05" in status
 
 
-def test_the_page_attacks_an_example_in_headless_chromium(server):
+def chromium() -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    with tempfile.TemporaryDirectory() as profile:
-        options.add_argument(f"--user-data-dir={profile}")
-        browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-        try:
-            browser.get(server)
-            wait = WebDriverWait(browser, 60)
-            wait.until(lambda page: page.find_element(By.CSS_SELECTOR, "#examples button.thumbnail-item")).click()
-            wait.until(lambda page: "sklearn-digits-test-00" in page.find_element(By.ID, "image").text)
-            browser.find_element(By.ID, "run").click()
-            panels = ("clean-label", "undefended-label", "defended-label")
-            wait.until(lambda page: all(filled(page, panel) for panel in panels))
-            for panel in panels:
-                assert set(browser.find_element(By.ID, panel).text.split()) & set(LABELS.values()), panel
-            for name in ("clean-image", "adversarial-image", "perturbation-image", "purified-image"):
-                assert browser.find_elements(By.CSS_SELECTOR, f"#{name} img"), name
-            assert "10 steps" in browser.find_element(By.ID, "status").text
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            screenshot = ARTIFACTS / "space_app.png"
-            assert browser.save_screenshot(str(screenshot))
-            assert screenshot.stat().st_size > 10_000
-        finally:
-            browser.quit()
+    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-profile-')}")
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def panel_image(browser: webdriver.Chrome, server: str, panel: str) -> Image.Image:
+    """The image a panel shows, as the page got it: its <img> src, fetched from the same server (or a data: URL)."""
+    source = browser.find_element(By.CSS_SELECTOR, f"#{panel} img").get_attribute("src")
+    if source.startswith("data:"):
+        data = base64.b64decode(source.split(",", 1)[1])
+    else:
+        assert source.startswith(server), source  # the app's own file route, nothing from elsewhere
+        with urllib.request.urlopen(source, timeout=10) as response:
+            data = response.read()
+    return Image.open(io.BytesIO(data)).convert("L")
+
+
+def displayed_psnr(clean: Image.Image, purified: Image.Image) -> float:
+    """PSNR in dB of the purified panel against the clean one, grayscale, at the clean panel's size."""
+    reference = np.asarray(clean, np.float64) / 255
+    shown = np.asarray(purified.resize(clean.size, Image.Resampling.NEAREST), np.float64) / 255
+    mse = float(np.mean((reference - shown) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def test_the_page_attacks_an_example_of_the_shipped_checkpoint_in_headless_chromium(shipped_server):
+    browser = chromium()
+    try:
+        browser.get(shipped_server)
+        wait = WebDriverWait(browser, 60)
+        picker = wait.until(lambda page: page.find_element(By.ID, "model"))
+        assert PURIFIER in picker.text  # the default checkpoint, described as what it is
+        wait.until(lambda page: page.find_element(By.CSS_SELECTOR, "#examples button.thumbnail-item")).click()
+        wait.until(lambda page: "embedded-mnist-test-00" in page.find_element(By.ID, "image").text)
+        browser.find_element(By.ID, "run").click()
+        panels = ("clean-label", "undefended-label", "defended-label")
+        wait.until(lambda page: all(filled(page, panel) for panel in panels))
+        for panel in panels:
+            assert set(browser.find_element(By.ID, panel).text.split()) & set("0123456789"), panel
+        for name in ("clean-image", "adversarial-image", "perturbation-image", "purified-image"):
+            assert browser.find_elements(By.CSS_SELECTOR, f"#{name} img"), name
+        page = browser.find_element(By.TAG_NAME, "body").text
+        for title in (
+            "Clean x",
+            "Adversarial x_adv (made against h(f(g(x))))",
+            "Perturbation x_adv − x",
+            "Purified g(x_adv)",
+            "Clean: h(f(g(x)))",
+            "Attacked, no defence: h(f(x_adv')) (the head without the purifier, attacked on its own)",
+            "Attacked, with the purifier: h(f(g(x_adv)))",
+        ):
+            assert title in page, title
+        assert "10 steps" in browser.find_element(By.ID, "status").text
+        shown_psnr = psnr_in_text(browser.find_element(By.ID, "purified-psnr").text)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        screenshot = ARTIFACTS / "space_app.png"
+        assert browser.save_screenshot(str(screenshot))
+        assert screenshot.stat().st_size > 10_000
+
+        clean = panel_image(browser, shipped_server, "clean-image")
+        purified = panel_image(browser, shipped_server, "purified-image")
+    finally:
+        browser.quit()
+    assert clean.size == (space.DISPLAY_SIZE, space.DISPLAY_SIZE)
+    psnr = displayed_psnr(clean, purified)
+    assert psnr >= DISPLAYED_PSNR_FLOOR, (
+        f"the purified panel does not look like the clean one: PSNR {psnr:.1f} dB on the page (the app says "
+        f"{shown_psnr:.1f} dB at native size), under {DISPLAYED_PSNR_FLOOR} dB: the default checkpoint is not a "
+        "faithful purifier"
+    )
 
 
 def filled(page: webdriver.Chrome, panel: str) -> bool:
     return bool(page.find_element(By.ID, panel).find_elements(By.CSS_SELECTOR, "[data-testid='label-output-value']"))
+
+
+def copy_checkpoint(checkpoint: Path, folder: Path, tags: list[str] | None) -> Path:
+    """A copy of `checkpoint` at `folder`, with a model card carrying `tags` (no card with None)."""
+    shutil.copytree(checkpoint, folder)
+    if tags is not None:
+        (folder / "README.md").write_text("# A CRoPD checkpoint\n")
+        metadata_save(folder / "README.md", {"library_name": "transformers", "tags": tags})
+    return folder
+
+
+def shipped(monkeypatch, *folders: Path) -> None:
+    """Make `folders` the checkpoints the app ships (the first the default), with made-up Hub ids."""
+    entries = tuple(
+        model_loading.ShippedCheckpoint(folder, f"cropd-test/{folder.name}-not-published") for folder in folders
+    )
+    monkeypatch.setattr(model_loading, "SHIPPED", entries)
+
+
+def picker_choices(demo: gr.Blocks) -> list[tuple[str, str]]:
+    (picker,) = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "model"]
+    return [tuple(choice) for choice in picker.choices]
+
+
+def test_the_picker_offers_both_kinds_by_their_model_card_not_their_name(checkpoint, tmp_path, monkeypatch, example):
+    root = tmp_path / "checkpoints"
+    purifier = copy_checkpoint(checkpoint, root / "embedded", ["cropd", "purification"])
+    encoder = copy_checkpoint(checkpoint, root / "embedded-robust-encoder", ["cropd", "robust-encoder"])
+    shipped(monkeypatch, purifier, encoder)
+    examples = [(example, "digit")]
+
+    models, _ = space.start(Namespace(model=None, examples=str(Path(example).parent)), tmp_path)
+    assert [(model.name, model.kind) for model in models] == [
+        (str(purifier), "purifier"),
+        (str(encoder), "robust-encoder"),
+    ]
+    demo = space.build_demo(models, examples)
+    assert picker_choices(demo) == [
+        (f"{PURIFIER} — {purifier}", str(purifier)),
+        (f"{ROBUST_ENCODER} — {encoder}", str(encoder)),
+    ]
+    assert demo.delete_cache == space.DELETE_CACHE
+
+    # Each request runs the model picked, and says plainly what the robust encoder's "purified" image is.
+    *_, psnr, _, _, _, status = space.respond(models[1], example, "FGSM", 0.1)
+    assert "not meant to look like the digit" in psnr
+    assert "not meant to look like the digit" in space.titles("robust-encoder")["purified"]
+    assert space.titles("purifier")["purified"] == "Purified g(x_adv)"
+    assert f"Model: {ROBUST_ENCODER}" in status
+
+    # --model naming a shipped checkpoint makes it the default; the other is still offered.
+    models, _ = space.load_models(str(encoder))
+    assert [model.kind for model in models] == ["robust-encoder", "purifier"]
+
+    # The kind comes from the card: a folder named like a robust encoder without the tag is a purifier, and a
+    # checkpoint without a card too. Without the second folder there is one choice.
+    untagged = copy_checkpoint(checkpoint, tmp_path / "other" / "embedded-robust-encoder", None)
+    tagged = copy_checkpoint(checkpoint, tmp_path / "other" / "plain-name", ["robust-encoder"])
+    shipped(monkeypatch, purifier, untagged, tmp_path / "missing")
+    models, _ = space.load_models(None)
+    assert [model.kind for model in models] == ["purifier", "purifier"]
+    models, _ = space.load_models(str(tagged))
+    assert [(model.name, model.kind) for model in models] == [(str(tagged), "robust-encoder")]
+    assert picker_choices(space.build_demo(models, [])) == [(f"{ROBUST_ENCODER} — {tagged}", str(tagged))]
+
+
+def test_a_hub_id_of_a_shipped_checkpoint_falls_back_to_its_folder(checkpoint, tmp_path, monkeypatch, capsys):
+    purifier = copy_checkpoint(checkpoint, tmp_path / "embedded", ["cropd"])
+    encoder = copy_checkpoint(checkpoint, tmp_path / "embedded-robust-encoder", ["robust-encoder"])
+    shipped(monkeypatch, purifier, encoder)
+    loaded = []
+
+    def offline(model: str):  # the Hub unreachable, as in a clone without network
+        loaded.append(model)
+        if model.startswith("cropd-test/"):
+            raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {model}")
+        return model_loading.load_pipeline(model)
+
+    monkeypatch.setattr(space, "load_pipeline", offline)
+    models, shipped_ones = space.load_models("cropd-test/embedded-robust-encoder-not-published")
+    assert shipped_ones
+    assert loaded == [
+        "cropd-test/embedded-robust-encoder-not-published",
+        str(encoder),
+        "cropd-test/embedded-not-published",
+        str(purifier),
+    ]
+    assert [(model.name, model.kind) for model in models] == [
+        (str(encoder), "robust-encoder"),
+        (str(purifier), "purifier"),
+    ]
+    assert f"warning: loaded {encoder} instead of cropd-test/embedded-robust-encoder-not-published: OSError" in (
+        capsys.readouterr().err
+    )
 
 
 def test_an_unloadable_model_stops_the_app_with_a_clear_message():
@@ -202,31 +401,53 @@ def test_an_unloadable_model_stops_the_app_with_a_clear_message():
 
 def test_a_missing_embedded_checkpoint_says_how_to_make_it(tmp_path, monkeypatch):
     missing = tmp_path / "training" / "checkpoints" / "embedded"
-    monkeypatch.setattr(model_loading, "EMBEDDED_CHECKPOINT", missing)
-    monkeypatch.setattr(space, "EMBEDDED_CHECKPOINT", missing)
-    with pytest.raises(space.StartupError, match="accelerate launch training/train.py"):
-        space.start(Namespace(model=str(missing), examples=None), tmp_path)
+    shipped(monkeypatch, missing, tmp_path / "training" / "checkpoints" / "embedded-robust-encoder")
+    for model in (None, str(missing)):
+        with pytest.raises(space.StartupError, match="accelerate launch training/train.py"):
+            space.start(Namespace(model=model, examples=None), tmp_path)
 
 
-def test_requests_are_checked_in_the_app_too(checkpoint, example):
+def test_requests_are_checked_in_the_app_too(checkpoint, example, tmp_path):
     robust = model_loading.load_pipeline(str(checkpoint))
+    (tmp_path / "digit.png").write_bytes(b"%PDF-1.4 not an image")
     for image, attack, epsilon, message in (
         (None, "PGD-10", 0.1, "Pick an example or upload an image first."),
         (example, "BIM", 0.1, "Unknown attack 'BIM'"),
         (example, "FGSM", float("nan"), "ε must be a number in [0.0, 0.3]; got nan."),
         (example, "FGSM", 0.31, "ε must be a number in [0.0, 0.3]; got 0.31."),
         (example, "FGSM", True, "ε must be a number in [0.0, 0.3]; got True."),
+        (example, "FGSM", "abc", "ε must be a number in [0.0, 0.3]; got 'abc'."),
+        (str(tmp_path / "digit.png"), "FGSM", 0.1, "'digit.png' is not an image, whatever its extension; accepted: "),
+        (str(tmp_path / "gone.png"), "FGSM", 0.1, "No file 'gone.png'"),
     ):
         with pytest.raises(gr.Error, match=re.escape(message)):
             space.attack_image(robust, image, attack, epsilon)
 
 
+def test_the_psnr_is_ten_log10_of_one_over_the_mse_at_native_size():
+    clean = np.zeros((2, 2, 1), np.float32)
+    assert space.psnr(clean, clean + 0.1) == pytest.approx(20.0)
+    assert space.psnr(clean, clean) == math.inf
+    images = {"input": clean, "purified": clean + 0.01}
+    assert "**40.0 dB**" in space.describe_purified("purifier", images)
+    assert "at the native 2 x 2" in space.describe_purified("purifier", images)
+    assert "not meant to look like the digit" not in space.describe_purified("purifier", images)
+    assert "not meant to look like the digit" in space.describe_purified("robust-encoder", images)
+    assert "No purifier" in space.describe_purified("identity", {"input": clean, "purified": None})
+
+
 def test_the_identity_baseline_is_shown_as_having_no_purifier(foundation_folder, tmp_path, example):
     checkpoint = save_checkpoint(tmp_path / "identity", foundation_folder, use_purifier=False)
     robust = model_loading.load_pipeline(str(checkpoint))
-    clean, adversarial, perturbation, purified, *labels, status = space.respond(robust, example, "PGD-10", 0.1)
+    model = space.Model(str(checkpoint), robust, model_loading.checkpoint_kind(robust, str(checkpoint)))
+    assert model.kind == "identity"
+    clean, adversarial, perturbation, purified, psnr, *labels, status = space.respond(model, example, "PGD-10", 0.1)
     assert purified is None
     assert all(image.size == (space.DISPLAY_SIZE, space.DISPLAY_SIZE) for image in (clean, adversarial, perturbation))
+    assert psnr == "No purifier: there is no g(x_adv) to compare with the clean x."
+    title = space.titles(model.kind)
+    assert title["clean"] == "Clean: h(f(x))"
+    assert title["adversarial"] == "Adversarial x_adv (made against h(f(x)): this model has no purifier)"
     assert labels[2] == "no purifier: this model is the Identity baseline"
     assert set(labels[0]) == set(labels[1]) == set(LABELS.values())
     assert "Model: no purifier (Identity baseline)" in status
