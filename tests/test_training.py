@@ -98,8 +98,13 @@ def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_f
         "random_start": True,
     }
 
+    # The local foundation model travels inside the checkpoint: a copy anywhere loads and predicts the same.
+    assert json.loads((output / "config.json").read_text())["foundation_model_name_or_path"] == "./foundation"
+    assert (output / "foundation" / "model.safetensors").is_file()
+    elsewhere = tmp_path / "copied" / "checkpoint"
+    shutil.copytree(output, elsewhere)
     # The checkpoint alone reproduces the clean accuracy of metrics.json exactly.
-    model = AutoModelForImageClassification.from_pretrained(output).eval()
+    model = AutoModelForImageClassification.from_pretrained(elsewhere).eval()
     processor = AutoImageProcessor.from_pretrained(output)
     test = load_image_dataset(EMBEDDED_MNIST)["test"].select(range(24))
     pixel_values = processor(list(test["image"]), return_tensors="pt").pixel_values
@@ -256,17 +261,17 @@ def import_train():
 
 def test_reproduce_command_names_the_run_file_in_the_repository_the_processes_and_the_cpu_threads():
     train = import_train()
-    best = REPO / "training" / "configs" / "embedded-best.yaml"
+    best = REPO / "training" / "configs" / "embedded-robust-encoder.yaml"
     assert train.reproduce_command(best, cpu_threads=1) == (
-        "accelerate launch training/train.py --config training/configs/embedded-best.yaml"
+        "accelerate launch training/train.py --config training/configs/embedded-robust-encoder.yaml"
     )
     assert train.reproduce_command(best, cpu_threads=2) == (
         "accelerate launch --num_cpu_threads_per_process 2 training/train.py "
-        "--config training/configs/embedded-best.yaml"
+        "--config training/configs/embedded-robust-encoder.yaml"
     )
     assert train.reproduce_command(best, cpu_threads=1, num_processes=2) == (
         "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no "
-        "training/train.py --config training/configs/embedded-best.yaml"
+        "training/train.py --config training/configs/embedded-robust-encoder.yaml"
     )
 
 
@@ -441,3 +446,18 @@ def test_every_purifier_epoch_logs_the_held_out_psnr_and_a_warning_below_the_flo
     log = json.loads((output / "metrics.json").read_text())["purifier_fidelity_per_epoch"]
     assert [(entry["stage"], entry["epoch"]) for entry in log] == [("reconstruction", 1), ("purifier", 1)]
     assert all(entry["split"] == "validation" and entry["validation_psnr_db"] > 0 for entry in log)
+
+
+@pytest.mark.parametrize(
+    "run_file_path",
+    sorted((REPO / "training" / "configs").rglob("*.yaml")),
+    ids=lambda path: str(path.relative_to(REPO / "training" / "configs")),
+)
+def test_every_run_file_in_the_repository_resolves_on_a_fresh_clone(run_file_path):
+    run = import_train().load_run_config(run_file_path)
+    # Nothing may read an untracked folder: a run that starts from another checkpoint names a shipped one.
+    if run.purifier_from is not None:
+        assert (REPO / run.purifier_from / "model.safetensors").is_file(), run.purifier_from
+    foundation = run.model.get("foundation_model_name_or_path", "")
+    if not foundation.startswith(("facebook/", "google/")):
+        assert (REPO / foundation / "config.json").is_file(), foundation

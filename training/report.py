@@ -275,6 +275,20 @@ def add_evaluation(checkpoint: Path, evaluation: Path) -> None:
             for result in model.results
         ),
     ]
+    if model.fidelity is not None:
+        # The purifier's fidelity on the same samples: without it a robustness figure hides what g does to x.
+        card.data.eval_results.append(
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=HUB_DATASET_IDS.get(settings.dataset, settings.dataset),
+                dataset_name=DATASET_NAMES.get(settings.dataset, settings.dataset),
+                dataset_split=settings.split,
+                metric_type="psnr",
+                metric_name="purifier fidelity: clean PSNR of g(x) against x (dB)",
+                metric_value=round(model.fidelity["clean_psnr_db"], 2),
+                metric_args={"num_samples": model.fidelity["num_samples"]},
+            )
+        )
     plots = [name for name in ("robustness_vs_eps.png", "accuracy.png") if (evaluation / name).is_file()]
     for name in plots:
         shutil.copy(evaluation / name, checkpoint / f"eval_{name}")

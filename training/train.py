@@ -1,7 +1,7 @@
 """Train a CRoPD model: stage 1 (purifier), stage 2 (linear head), then evaluation, on one or several processes.
 
     accelerate launch training/train.py                                   # the embedded default
-    accelerate launch training/train.py --config training/configs/embedded-lambda10.yaml
+    accelerate launch training/train.py --config training/configs/embedded-robust-encoder.yaml
     accelerate launch training/train.py --resume_from_checkpoint latest   # after an interruption
 
 Stage 1 trains the purifier g with ||g(x) - x||² + λ·L_con(z(x), z(x_adv)), x_adv = FGSM with random start on
@@ -49,6 +49,8 @@ from run_config import DEFAULT_CONFIG, RunConfig, RunConfigError, load_run_confi
 logger = get_logger(__name__)
 # reconstruction: g alone learns to copy x (a warm start); purifier: CRoPD's stage 1; head: stage 2.
 STAGES = ("reconstruction", "purifier", "head")
+# Where a local foundation model is copied inside a checkpoint.
+FOUNDATION_SUBFOLDER = "foundation"
 # Held-out digits on which g's PSNR is logged after every purifier epoch.
 FIDELITY_SAMPLES = 500
 
@@ -371,6 +373,7 @@ def train(args: argparse.Namespace) -> None:
     if accelerator.is_main_process:
         staging = work_dir / "output"
         shutil.rmtree(staging, ignore_errors=True)
+        embed_local_foundation(unwrapped, staging)
         if args.push_to_hub:
             # On the Hub the checkpoint also declares its pipeline, for trust_remote_code=True without cropd_hf
             # (transformers then asks for trust_remote_code for that pipeline even where cropd_hf is installed).
@@ -516,6 +519,20 @@ def evaluate_trained_model(
         "fidelity": result.fidelity,
         "sanity_checks": [dataclasses.asdict(check) for check in result.sanity_checks],
     }
+
+
+def embed_local_foundation(model: CRoPDForImageClassification, staging: Path) -> None:
+    """A foundation model that is only a local folder travels inside the checkpoint, as `./foundation`: the
+    checkpoint then loads wherever it is copied (a Hub id stays a reference)."""
+    location = model.foundation_location()
+    if not os.path.isdir(location):
+        return
+    target = staging / FOUNDATION_SUBFOLDER
+    target.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        if (Path(location) / name).is_file():
+            shutil.copyfile(Path(location) / name, target / name)
+    model.config.foundation_model_name_or_path = f"./{FOUNDATION_SUBFOLDER}"
 
 
 def publish(staging: Path, output_dir: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.activations import ACT2FN
 from transformers.utils import cached_file
 
 PURIFIER_ARCHITECTURES = ("vit", "conv")
@@ -71,6 +72,11 @@ class CRoPDConfig(PreTrainedConfig):
             `False`: the purifier is a plain auto-encoder, `g(x) = sigmoid(decoder(x))`. `True`: the decoder predicts
             a correction in logit space, `g(x) = sigmoid(logit(x) + decoder(x))`, so `g` starts as the identity
             and only learns to move what the training objective asks it to.
+        purifier_residual_bound (`float`, *optional*):
+            β: with a value, `g(x) = clip(x + β · tanh(decoder(x)), 0, 1)`. `g` starts as the identity and can move
+            no pixel by more than β, so its output stays within β of its input on every image, clean or attacked:
+            ‖g(x) − x‖² ≤ β², i.e. PSNR ≥ 20·log10(1/β) dB (20 dB for β = 0.1), whatever λ does. Excludes
+            `purifier_residual`.
         purifier_pooling (`str`, *optional*, defaults to `"mean"`):
             How the ViT purifier's latent is pooled into one vector: `"cls"` token or `"mean"` of the patch tokens
             (the conv purifier always averages its bottleneck).
@@ -81,6 +87,12 @@ class CRoPDConfig(PreTrainedConfig):
             (gradients flow through the frozen `f`), `"purifier"` = pooled latent of `g`'s own encoder.
         contrastive_weight (`float`, *optional*, defaults to 1.0):
             λ, weight of the adversarial contrastive loss against the reconstruction loss (0 = plain auto-encoder).
+        reconstruction_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the clean reconstruction term ‖g(x) − x‖². It is what keeps `g` a purifier (g(x) ≈ x): with
+            too small a weight against λ, `g` turns into a learned encoder whose output no longer looks like `x`.
+        adversarial_reconstruction_weight (`float`, *optional*, defaults to 0.0):
+            Weight of ‖g(x_adv) − x‖², the reconstruction of the clean image from the stage-1 adversarial view:
+            `g` learns to pull an attacked image back to the clean one (a denoising purifier). 0 leaves it out.
         contrastive_temperature (`float`, *optional*, defaults to 0.1):
             τ, temperature of the supervised contrastive loss.
         standardize_contrastive_features (`bool`, *optional*, defaults to `True`):
@@ -151,10 +163,13 @@ class CRoPDConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     qkv_bias: bool = True
     purifier_residual: bool = False
+    purifier_residual_bound: float | int | None = None
     purifier_pooling: str = "mean"
     use_purifier: bool = True
     contrastive_features: str = "foundation"
     contrastive_weight: float | int = 1.0
+    reconstruction_weight: float | int = 1.0
+    adversarial_reconstruction_weight: float | int = 0.0
     contrastive_temperature: float | int = 0.1
     standardize_contrastive_features: bool = True
     train_epsilon: float | int = 8 / 255
@@ -174,7 +189,7 @@ class CRoPDConfig(PreTrainedConfig):
         self.foundation_image_mean = list(self.foundation_image_mean)
         self.foundation_image_std = list(self.foundation_image_std)
         self.conv_channels = list(self.conv_channels)
-        self.check_cropd_values()
+        self.check_cropd_values(num_labels=kwargs.get("num_labels"))
         super().__post_init__(**kwargs)
 
     @classmethod
@@ -217,12 +232,30 @@ class CRoPDConfig(PreTrainedConfig):
     def train_step_size_for(self, steps: int) -> float:
         """Step of a training attack of `steps` steps: `train_step_size`, else 1.25·ε for FGSM with random start
         (Wong et al. 2020) and 2.5·ε/steps for PGD (Madry et al. 2018)."""
+        if self.purifier_residual_bound is not None:
+            _check_real(
+                "purifier_residual_bound",
+                self.purifier_residual_bound,
+                low=0.0,
+                high=1.0,
+                accepted="None or a number in (0, 1] (pixel units)",
+                open_low=True,
+            )
+            if self.purifier_residual:
+                _invalid("purifier_residual", True, "False when purifier_residual_bound is set (one residual form)")
         if self.train_step_size is not None:
             return self.train_step_size
         return 1.25 * self.train_epsilon if steps == 1 else 2.5 * self.train_epsilon / steps
 
-    def check_cropd_values(self) -> None:
+    def check_cropd_values(self, num_labels: Any = None) -> None:
         """Raise a `ValueError` naming the field, its value and what is accepted, for every invalid value."""
+        # num_labels is no field: PreTrainedConfig turns it into id2label after this check, range(-3) into {}.
+        if num_labels is not None and (not _is_int(num_labels) or num_labels < 1):
+            _invalid("num_labels", num_labels, "a positive integer (the number of classes)")
+        if getattr(self, "id2label", None) is not None and len(self.id2label) < 1:
+            _invalid("id2label", self.id2label, "None or a non-empty {class index: label} map")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            _invalid("hidden_act", self.hidden_act, f"one of {sorted(ACT2FN)}")
         for name in (
             "image_size",
             "num_channels",
@@ -285,10 +318,23 @@ class CRoPDConfig(PreTrainedConfig):
         _check_real("layer_norm_eps", self.layer_norm_eps, low=0.0, accepted="a positive number", open_low=True)
         _check_real("initializer_range", self.initializer_range, low=0.0, accepted="a positive number", open_low=True)
         _check_real("contrastive_weight", self.contrastive_weight, low=0.0, accepted="a number >= 0 (λ)")
+        for name in ("reconstruction_weight", "adversarial_reconstruction_weight"):
+            _check_real(name, getattr(self, name), low=0.0, accepted="a number >= 0")
         _check_real(
             "contrastive_temperature", self.contrastive_temperature, low=0.0, accepted="a number > 0 (τ)", open_low=True
         )
         _check_real("train_epsilon", self.train_epsilon, low=0.0, high=1.0, accepted="a number in [0, 1] (pixel units)")
+        if self.purifier_residual_bound is not None:
+            _check_real(
+                "purifier_residual_bound",
+                self.purifier_residual_bound,
+                low=0.0,
+                high=1.0,
+                accepted="None or a number in (0, 1] (pixel units)",
+                open_low=True,
+            )
+            if self.purifier_residual:
+                _invalid("purifier_residual", True, "False when purifier_residual_bound is set (one residual form)")
         if self.train_step_size is not None:
             _check_real(
                 "train_step_size", self.train_step_size, low=0.0, accepted="None or a number > 0", open_low=True

@@ -71,7 +71,10 @@ class CRoPDImageClassifierOutput(ModelOutput):
 
 
 def check_pixel_values(pixel_values: Any, num_channels: int, image_size: int) -> None:
-    """Raise a `ValueError` that says what is wrong and what is accepted, before torch fails somewhere deep."""
+    """Raise a `ValueError` that says what is wrong and what is accepted, before torch fails somewhere deep.
+
+    Any floating dtype is accepted: the models' `forward` casts the pixels to their own parameter dtype.
+    """
     accepted = (
         f"a float tensor of shape (batch_size, {num_channels}, {image_size}, {image_size}) with values in [0, 1] "
         "(CRoPDImageProcessor turns PIL images and arrays into that)"
@@ -92,9 +95,10 @@ def check_pixel_values(pixel_values: Any, num_channels: int, image_size: int) ->
         raise ValueError(f"pixel_values must be {accepted}; got spatial size {tuple(pixel_values.shape[2:])}.")
     if pixel_values.shape[0] == 0:
         raise ValueError(f"pixel_values must be {accepted}; got an empty batch.")
-    if not torch.isfinite(pixel_values).all():
+    # One reduction and one host sync: NaN propagates into the minimum and maximum, and so does infinity.
+    low, high = torch.stack(torch.aminmax(pixel_values)).tolist()
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"pixel_values must be {accepted}; got NaN or infinite values.")
-    low, high = pixel_values.min().item(), pixel_values.max().item()
     if low < -PIXEL_RANGE_TOLERANCE or high > 1 + PIXEL_RANGE_TOLERANCE:
         raise ValueError(
             f"pixel_values must be {accepted}; got values in [{low:.4g}, {high:.4g}] "
@@ -263,6 +267,8 @@ class CRoPDModel(CRoPDPreTrainedModel):
             Images with pixels in [0, 1] at the native size.
         """
         check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
+        # float64 / float16 / bfloat16 pixels: cast (differentiably) to the weights' dtype, not a crash in a conv.
+        pixel_values = pixel_values.to(self.dtype)
         if self.config.purifier_architecture == "conv":
             image_logits, tokens = self.autoencoder(pixel_values)
             pooled = tokens.mean(dim=1)
@@ -274,12 +280,16 @@ class CRoPDModel(CRoPDPreTrainedModel):
             image_logits = ViTMAEForPreTraining.unpatchify(self.encoder, decoded.logits)
             tokens = encoded.last_hidden_state
             pooled = tokens[:, 0] if self.config.purifier_pooling == "cls" else tokens[:, 1:].mean(dim=1)
-        if self.config.purifier_residual:
+        if self.config.purifier_residual_bound is not None:
+            # A bounded correction: no pixel moves by more than β, so g(x) stays a picture of x by construction.
+            bound = self.config.purifier_residual_bound
+            reconstruction = (pixel_values + bound * torch.tanh(image_logits)).clamp(0, 1)
+        elif self.config.purifier_residual:
             # The decoder predicts a correction in logit space: g starts as the identity, and stays in (0, 1).
-            image_logits = image_logits + torch.logit(pixel_values, eps=RESIDUAL_LOGIT_EPS)
-        return CRoPDPurifierOutput(
-            reconstruction=torch.sigmoid(image_logits), pooled_latent=pooled, last_hidden_state=tokens
-        )
+            reconstruction = torch.sigmoid(image_logits + torch.logit(pixel_values, eps=RESIDUAL_LOGIT_EPS))
+        else:
+            reconstruction = torch.sigmoid(image_logits)
+        return CRoPDPurifierOutput(reconstruction=reconstruction, pooled_latent=pooled, last_hidden_state=tokens)
 
 
 class CRoPDForImageClassification(CRoPDPreTrainedModel):
@@ -308,6 +318,10 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
         self.feature_norm = nn.BatchNorm1d(feature_size, affine=False) if config.head_batch_norm else nn.Identity()
         self.classifier = nn.Linear(feature_size, config.num_labels)
         self.post_init()
+        # post_init copies every child's `_keys_to_ignore_on_load_unexpected` into this model: the purifier's
+        # pattern for the head would hide a head in the checkpoint that does not fit this config. Nothing unexpected
+        # is ignored here (from_pretrained refuses it).
+        self._keys_to_ignore_on_load_unexpected = set()
         if get_torch_context_manager_or_global_device() != torch.device("meta"):
             self.load_foundation_weights()
         else:
@@ -332,10 +346,19 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
         return location
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "CRoPDForImageClassification":
-        model = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """transformers' `from_pretrained`, strict: a checkpoint whose `g` / `h` weights do not match the config
+        (a missing or an unexpected key) raises a `ValueError` instead of loading with freshly initialized or dropped
+        weights. `f`'s weights are never in a checkpoint: they are loaded from `config.foundation_model_name_or_path`.
+
+        The one checkpoint allowed to lack weights is a purifier checkpoint (`CRoPDModel.save_pretrained`), which
+        has no head at all: the head is then newly initialized (transformers' load report says so), ready to train.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        _check_loaded_keys(model, loading_info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
         model.load_foundation_weights()
-        return model
+        return (model, loading_info) if output_loading_info else model
 
     def load_foundation_weights(self) -> None:
         """(Re)load `f` from `config.foundation_model_name_or_path` at `config.foundation_model_revision`."""
@@ -432,6 +455,8 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
             without the defence.
         """
         check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
+        # float64 / float16 / bfloat16 pixels: cast (differentiably) to the weights' dtype, not a crash in a conv.
+        pixel_values = pixel_values.to(self.dtype)
         purify = self.config.use_purifier if purify is None else purify
         purified = self.purify(pixel_values) if purify else None
         features = self.foundation_features(purified if purify else pixel_values)
@@ -441,6 +466,35 @@ class CRoPDForImageClassification(CRoPDPreTrainedModel):
             _check_labels(labels, len(pixel_values), self.config.num_labels)
             loss = F.cross_entropy(logits, labels.long())
         return CRoPDImageClassifierOutput(loss=loss, logits=logits, features=features, purified_pixel_values=purified)
+
+
+_HEAD_PREFIXES = ("classifier.", "feature_norm.")
+
+
+def _check_loaded_keys(model: "CRoPDForImageClassification", loading_info: dict[str, Any], source: Any) -> None:
+    missing, unexpected = set(loading_info["missing_keys"]), set(loading_info["unexpected_keys"])
+    head = {name for name in model.state_dict() if name.startswith(_HEAD_PREFIXES)}
+    purifier_checkpoint = "CRoPDModel" in (model.config.architectures or []) and not unexpected
+    if purifier_checkpoint and missing == head:
+        return
+    if not missing and not unexpected:
+        return
+
+    def listed(keys: set[str]) -> str:
+        return ", ".join(sorted(keys)[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint (they would be randomly initialized): {listed(missing)}")
+    if unexpected:
+        problems.append(f"in the checkpoint but not in the model (they would be dropped): {listed(unexpected)}")
+    raise ValueError(
+        f"The checkpoint {str(source)!r} does not match its config: weights {'; weights '.join(problems)}. "
+        "The architecture fields of config.json (head_batch_norm, use_purifier, purifier_architecture, "
+        "conv_channels, foundation_pooling, ...) must be those the weights were saved with; accepted: a checkpoint "
+        "whose purifier and head weights are exactly those of its config (or a purifier-only checkpoint saved by "
+        "CRoPDModel, whose head is then newly initialized)."
+    )
 
 
 def _feature_size(foundation_config: Any) -> int:
