@@ -1,7 +1,7 @@
 """Image processor for CRoPD: PIL images, numpy arrays and tensors to `pixel_values` in [0, 1] at native size.
 
 No normalization here: the CRoPD model normalizes for its foundation model internally, so that attacks and the
-purifier work on [0, 1] pixels (DESIGN.md §2.1). Self-contained, so it loads with `trust_remote_code=True`.
+purifier work on [0, 1] pixels (docs/design.md §2.1). Self-contained, so it loads with `trust_remote_code=True`.
 """
 
 import base64

@@ -1,5 +1,5 @@
-"""The `robust-image-classification` pipeline: one image, three predictions — clean, attacked without the purifier,
-attacked with it.
+"""The `robust-image-classification` pipeline: one image, clean and attacked predictions — without the purifier
+(the purifier's own head, or a separate undefended classifier) and with it.
 
 Self-contained on purpose (transformers, torch, numpy, PIL and `attacks.py` next to it):
 `RobustImageClassificationPipeline.save_pretrained` copies this file and `attacks.py` next to a checkpoint and
@@ -16,7 +16,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 from torch import nn
-from transformers import Pipeline
+from transformers import Pipeline, PreTrainedModel
 from transformers.image_processing_utils import BatchFeature
 
 from .attacks import FGSM, PGD, Attack
@@ -28,17 +28,30 @@ DEFAULT_PGD_STEPS = 10
 MAX_IMAGE_SIDE = 4096
 # PGD starts from a random point; a fixed seed per request makes the same request give the same answer.
 ATTACK_SEED = 0
+# What the chain without the purifier is (`undefended_chain` in the output).
+UNDEFENDED_MODEL_CHAIN = "separate undefended model"
+PURIFIER_HEAD_CHAIN = "the purifier's head without the purifier"
+NO_PURIFIER_CHAIN = "the model itself (it has no purifier)"
 
 
 class RobustImageClassificationPipeline(Pipeline):
     """
     Classifies an image with a CRoPD model, and, with `attack`, shows what a white-box L∞ attack does to the chain
-    without the purifier, `h(f(x))`, and to the chain with it, `h(f(g(x)))`.
+    without the purifier, `h(f(x))` (or a separate undefended classifier `h'(f(x))`, see below), and to the chain
+    with it, `h(f(g(x)))`.
 
     Each chain is attacked on its own, end to end, in eval mode with input gradients (two separate attacks); an
     attack's label is that chain's own clean prediction (the true label of an image given to a pipeline is unknown),
     so "attacked" means "pushed away from what the chain said on the clean image". A model built without a purifier
     (the Identity baseline) has no chain with the purifier: its output says `has_purifier=False` and gives `None` there.
+
+    The chain without the purifier is, by default, the model's own head without its purifier, `h(f(x))`. That head
+    was trained on `f(g(x))`, not on `f(x)`: it is not a real undefended classifier (it can be far less accurate on
+    clean images than the model). `undefended_model` gives a real one: a CRoPD model without a purifier
+    (`use_purifier=False`, a head `h'` trained on clean `f(x)`), or the path or Hub id of its checkpoint, with the
+    same labels, image size and channels as `model`. The chain without the purifier is then `h'(f(x))`, attacked on
+    its own. The output's `undefended_chain` says which classifier that chain is. `save_pretrained` saves `model`
+    only, not `undefended_model`.
 
     `save_pretrained` declares the pipeline in the checkpoint (`custom_pipelines` in `config.json`, this file and
     `attacks.py` beside it) for `pipeline(model=checkpoint, trust_remote_code=True)` without cropd_hf. transformers
@@ -51,11 +64,16 @@ class RobustImageClassificationPipeline(Pipeline):
     >>> import cropd_hf  # registers the task
     >>> from transformers import pipeline
 
-    >>> robust = pipeline("robust-image-classification", model="outputs/embedded")
+    >>> robust = pipeline(
+    ...     "robust-image-classification",
+    ...     model="training/checkpoints/embedded",
+    ...     undefended_model="training/checkpoints/embedded-undefended",
+    ... )
     >>> robust("digit.png", attack="pgd", epsilon=0.1, steps=10)
-    {'clean': [{'label': '7', 'score': 0.99}, ...], 'attacked_without_purifier': [...],
-     'attacked_with_purifier': [...], 'attack': {'name': 'PGD', 'eps': 0.1, 'alpha': 0.025, 'steps': 10, ...},
-     'has_purifier': True}
+    {'clean': [{'label': '7', 'score': 0.99}, ...], 'clean_without_purifier': [...],
+     'attacked_without_purifier': [...], 'attacked_with_purifier': [...],
+     'attack': {'name': 'PGD', 'eps': 0.1, 'alpha': 0.025, 'steps': 10, ...}, 'has_purifier': True,
+     'undefended_chain': 'separate undefended model'}
     ```
     """
 
@@ -65,7 +83,7 @@ class RobustImageClassificationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, undefended_model: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if getattr(self.model.config, "model_type", None) != "cropd":
             raise ValueError(
@@ -79,6 +97,46 @@ class RobustImageClassificationPipeline(Pipeline):
             )
         # Predictions and attacks alike in eval mode: dropout off, batch norm on its running statistics.
         self.model.eval()
+        self.undefended_model = self._undefended_model(undefended_model)
+
+    def _undefended_model(self, undefended_model: Any) -> PreTrainedModel | None:
+        """The separate undefended classifier, loaded if named, checked against the model; None without one."""
+        if undefended_model is None:
+            return None
+        if isinstance(undefended_model, (str, os.PathLike)):
+            source = os.fspath(undefended_model)
+            try:
+                # The main model's class: the same code, whether cropd_hf is installed or runs as remote code.
+                undefended_model = type(self.model).from_pretrained(source)
+            except Exception as error:  # a missing folder, an unreachable Hub, not a CRoPD checkpoint
+                raise ValueError(
+                    f"undefended_model={source!r} cannot be loaded as a CRoPD checkpoint: {type(error).__name__}: "
+                    f"{error}"
+                ) from error
+        config = getattr(undefended_model, "config", None)
+        if not isinstance(undefended_model, PreTrainedModel) or getattr(config, "model_type", None) != "cropd":
+            raise ValueError(
+                f"undefended_model must be a CRoPD model without a purifier (model_type 'cropd', use_purifier=False), "
+                f"or the path or Hub id of its checkpoint; got {type(undefended_model).__name__}."
+            )
+        if config.use_purifier:
+            raise ValueError(
+                "undefended_model has a purifier (use_purifier=True): the chain without defence needs a classifier "
+                "without one, h'(f(x)) (use_purifier=False, a head trained on clean images)."
+            )
+        main = self.model.config
+        for field in ("image_size", "num_channels"):
+            if getattr(config, field) != getattr(main, field):
+                raise ValueError(
+                    f"undefended_model has {field}={getattr(config, field)!r} but the model has "
+                    f"{getattr(main, field)!r}: both chains must take the same images."
+                )
+        if _labels(config) != _labels(main):
+            raise ValueError(
+                f"undefended_model has the labels {_labels(config)} but the model has {_labels(main)}: both chains "
+                "must predict the same classes."
+            )
+        return undefended_model.to(device=self.device, dtype=self.model.dtype).eval()
 
     def _sanitize_parameters(
         self,
@@ -88,7 +146,13 @@ class RobustImageClassificationPipeline(Pipeline):
         steps: int | None = None,
         return_images: bool | None = None,
         input_data_format: str | None = None,
+        undefended_model: Any = None,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        if undefended_model is not None:
+            raise ValueError(
+                "undefended_model is given when the pipeline is made, not per call: "
+                f"pipeline({TASK!r}, model=..., undefended_model=...)."
+            )
         preprocess_params: dict[str, Any] = {}
         if input_data_format is not None:
             if not isinstance(input_data_format, str) or input_data_format not in ("channels_first", "channels_last"):
@@ -155,12 +219,18 @@ class RobustImageClassificationPipeline(Pipeline):
             For one input a dict, for a list a list of dicts, with:
 
             - **clean** -- top-k `{"label", "score"}` (softmax) of the model on the image, purifier included.
-            - **attacked_without_purifier** -- top-k of `h(f(x'))`, `x'` attacked against `h(f(·))`; `None` without
-              `attack`.
+            - **clean_without_purifier** -- top-k of the chain without the purifier on the clean image: `h(f(x))`,
+              or `h'(f(x))` with `undefended_model`; `None` without `attack`.
+            - **attacked_without_purifier** -- top-k of that chain on `x'`, `x'` attacked against that chain:
+              `h(f(x'))`, or `h'(f(x'))` with `undefended_model`; `None` without `attack`.
             - **attacked_with_purifier** -- top-k of `h(f(g(x'')))`, `x''` attacked against `h(f(g(·)))`; `None`
               without `attack` or without a purifier.
             - **attack** -- the attack's settings (name, eps, alpha, steps, restarts, random_start), or `None`.
             - **has_purifier** -- whether the model has a purifier `g`.
+            - **undefended_chain** -- which classifier the chain without the purifier is:
+              `"separate undefended model"` (`undefended_model`), `"the purifier's head without the purifier"` (its
+              head was trained on purified images: not a real undefended classifier), or
+              `"the model itself (it has no purifier)"`.
             - **images** (with `return_images`) -- `input` (the image at native size, in [0, 1]),
               `adversarial_without_purifier` / `perturbation_without_purifier` (`x'`, `x' - x`),
               `adversarial_with_purifier` / `perturbation_with_purifier` (`x''`, `x'' - x`), and `purified`,
@@ -214,20 +284,23 @@ class RobustImageClassificationPipeline(Pipeline):
         generator = torch.Generator(device=pixel_values.device).manual_seed(ATTACK_SEED)
         attacker = self._make_attack(attack, epsilon, steps, generator)
         has_purifier = bool(self.model.config.use_purifier)
-        without_purifier = _Chain(self.model, purify=False)
+        undefended = self.model if self.undefended_model is None else self.undefended_model
+        without_purifier = _Chain(undefended, purify=False)
         with_purifier = _Chain(self.model, purify=True) if has_purifier else None
 
-        clean = (with_purifier if has_purifier else without_purifier)(pixel_values)
+        clean = _Chain(self.model, purify=has_purifier)(pixel_values)
         outputs = {
             "clean_logits": clean.logits,
             "attack": attacker.settings() if attacker else None,
             "has_purifier": has_purifier,
+            "undefended_chain": self.undefended_chain,
         }
         images = {"input": pixel_values, "purified": clean.purified_pixel_values}
         if attacker is not None:
             # Each chain is attacked away from its own clean prediction.
-            labels = without_purifier(pixel_values).logits.argmax(dim=-1)
-            adversarial = attacker(without_purifier, pixel_values, labels)
+            clean_without_purifier = without_purifier(pixel_values).logits
+            outputs["clean_without_purifier_logits"] = clean_without_purifier
+            adversarial = attacker(without_purifier, pixel_values, clean_without_purifier.argmax(dim=-1))
             outputs["attacked_without_purifier_logits"] = without_purifier(adversarial).logits
             images["adversarial_without_purifier"] = adversarial
             if with_purifier is not None:
@@ -239,6 +312,13 @@ class RobustImageClassificationPipeline(Pipeline):
         if return_images:
             outputs["images"] = images
         return outputs
+
+    @property
+    def undefended_chain(self) -> str:
+        """Which classifier the chain without the purifier is (the output's `undefended_chain`)."""
+        if self.undefended_model is not None:
+            return UNDEFENDED_MODEL_CHAIN
+        return PURIFIER_HEAD_CHAIN if self.model.config.use_purifier else NO_PURIFIER_CHAIN
 
     def _make_attack(
         self, attack: str | None, epsilon: float | None, steps: int | None, generator: torch.Generator
@@ -260,10 +340,12 @@ class RobustImageClassificationPipeline(Pipeline):
         top_k = min(top_k, self.model.config.num_labels)
         result = {
             "clean": self._top_k(model_outputs["clean_logits"], top_k),
+            "clean_without_purifier": self._top_k(model_outputs.get("clean_without_purifier_logits"), top_k),
             "attacked_without_purifier": self._top_k(model_outputs.get("attacked_without_purifier_logits"), top_k),
             "attacked_with_purifier": self._top_k(model_outputs.get("attacked_with_purifier_logits"), top_k),
             "attack": model_outputs["attack"],
             "has_purifier": model_outputs["has_purifier"],
+            "undefended_chain": model_outputs["undefended_chain"],
         }
         if "images" in model_outputs:
             images = model_outputs["images"]
@@ -291,7 +373,7 @@ class RobustImageClassificationPipeline(Pipeline):
 
 
 class _Chain(nn.Module):
-    """The model with the purifier on or off, as the `model(images)` module an attack takes."""
+    """A model with the purifier on or off, as the `model(images)` module an attack takes."""
 
     def __init__(self, model: nn.Module, purify: bool) -> None:
         super().__init__()
@@ -337,6 +419,10 @@ def _check_size(sides: tuple[int, ...], description: str) -> None:
         )
 
 
+def _labels(config: Any) -> dict[int, str]:
+    return {int(index): str(label) for index, label in config.id2label.items()}
+
+
 def _to_channels_last(image: torch.Tensor | None) -> np.ndarray | None:
     return None if image is None else image[0].permute(1, 2, 0).float().numpy()
 
@@ -349,4 +435,12 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
-__all__ = ["ATTACKS", "MAX_IMAGE_SIDE", "TASK", "RobustImageClassificationPipeline"]
+__all__ = [
+    "ATTACKS",
+    "MAX_IMAGE_SIDE",
+    "NO_PURIFIER_CHAIN",
+    "PURIFIER_HEAD_CHAIN",
+    "TASK",
+    "UNDEFENDED_MODEL_CHAIN",
+    "RobustImageClassificationPipeline",
+]

@@ -4,10 +4,16 @@
     CROPD_MODEL=org/cropd-cifar10 python space_app/app.py     # any CRoPD checkpoint: Hub id or folder
     python space_app/app.py --model path/to/checkpoint --examples path/to/images --port 7861
 
-Two white-box attacks run per request, each against its own chain: one against `h(f(x))` (no defence), one
+Two white-box attacks run per request, each against its own chain: one against a classifier without defence, one
 against `h(f(g(x)))` (CRoPD). The page shows the clean image, the adversarial image made against CRoPD, its
 perturbation (amplified), the purified image `g(x_adv)` with its PSNR against the clean image, and the three
 predictions.
+
+The classifier without defence: when training/checkpoints/embedded-undefended exists
+(model_loading.UNDEFENDED_CHECKPOINT), the undefended classifier `h'(f(x))` (no purifier, a head trained on clean
+images), loaded once and used for every model with a purifier (it is not a choice of the picker). Otherwise, or where
+it does not match a model (labels, image size, channels), the model's own head without its `g`, `h(f(x))`: that head
+was trained on `f(g(x))`, so it is not a real undefended classifier, and the page says so.
 
 Models: by default the checkpoints shipped in training/checkpoints (model_loading.SHIPPED): the CRoPD purifier
 `embedded`, and the robust encoder `embedded-robust-encoder` when that folder exists, the page's picker choosing one
@@ -36,8 +42,16 @@ import model_loading
 import numpy as np
 import PIL.Image
 import torch
-from model_loading import DESCRIPTIONS, REPO_ROOT, ShippedCheckpoint, checkpoint_kind, load_pipeline
-from transformers import Pipeline
+from model_loading import (
+    DESCRIPTIONS,
+    REPO_ROOT,
+    ShippedCheckpoint,
+    checkpoint_kind,
+    load_pipeline,
+    load_undefended,
+    with_undefended,
+)
+from transformers import Pipeline, PreTrainedModel
 
 EMBEDDED_EXAMPLES = "embedded-mnist"
 
@@ -92,6 +106,9 @@ class Model:
     name: str  # the folder (relative to the repository when inside it) or Hub id, as the page shows it
     robust: Pipeline
     kind: str  # a key of model_loading.DESCRIPTIONS
+    # The undefended classifier h'(f(x)) the pipeline attacks as the chain without defence (its shown name), or
+    # None: that chain is then the model's own head without its g.
+    undefended: str | None = None
 
     @property
     def description(self) -> str:
@@ -176,37 +193,83 @@ def describe_purified(kind: str, images: dict[str, np.ndarray | None]) -> str:
     return text
 
 
-def titles(kind: str) -> dict[str, str]:
-    """Each panel's title for a kind of model: what the panel shows, in the chain's own notation."""
-    if kind == "identity":
+NO_PURIFIER_KINDS = ("identity", "undefended")
+# The "Attacked, no defence" panel: which classifier that chain is.
+UNDEFENDED_MODEL_TITLE = (
+    "Attacked, no defence: h'(f(x_adv')) (the undefended classifier: a head trained on clean images, attacked on "
+    "its own)"
+)
+NO_PURIFIER_TITLE = "Attacked, no defence: {head}(f(x_adv')) (this model itself: it has no purifier)"
+
+
+def head_without_g_title(g: str) -> str:
+    return (
+        f"Attacked, no defence: h(f(x_adv')) (the head without the {g}: trained on f(g(x)), not a real undefended "
+        "classifier; attacked on its own)"
+    )
+
+
+def titles(kind: str, separate_undefended: bool = False) -> dict[str, str]:
+    """Each panel's title for a kind of model: what the panel shows, in the chain's own notation.
+
+    `separate_undefended`: the chain without defence is the undefended classifier h'(f(x)), not the model's head.
+    """
+    if kind in NO_PURIFIER_KINDS:
+        head = "h'" if kind == "undefended" else "h"
         return {
-            "adversarial": "Adversarial x_adv (made against h(f(x)): this model has no purifier)",
+            "adversarial": f"Adversarial x_adv (made against {head}(f(x)): this model has no purifier)",
             "purified": "Purified: none (this model has no purifier)",
-            "clean": "Clean: h(f(x))",
+            "clean": f"Clean: {head}(f(x))",
+            "undefended": NO_PURIFIER_TITLE.format(head=head),
             "defended": "Attacked, with the purifier: none (this model has no purifier)",
         }
     purified = "Purified g(x_adv)"
     defended = "Attacked, with the purifier: h(f(g(x_adv)))"
+    undefended = head_without_g_title("purifier")
     if kind == "robust-encoder":
         purified = "Purified g(x_adv): a code for f, not meant to look like the digit"
         defended = "Attacked, with the robust encoder: h(f(g(x_adv)))"
+        undefended = head_without_g_title("robust encoder")
     return {
         "adversarial": "Adversarial x_adv (made against h(f(g(x))))",
         "purified": purified,
         "clean": "Clean: h(f(g(x)))",
+        "undefended": UNDEFENDED_MODEL_TITLE if separate_undefended else undefended,
         "defended": defended,
     }
 
 
+def model_titles(model: Model) -> dict[str, str]:
+    return titles(model.kind, model.undefended is not None)
+
+
 CLEAN_TITLE = "Clean x"
 PERTURBATION_TITLE = "Perturbation x_adv − x (gray = 0, black = −ε, white = +ε)"
-UNDEFENDED_TITLE = "Attacked, no defence: h(f(x_adv')) (the head without the purifier, attacked on its own)"
 
 
-def confidences(prediction: list[dict[str, Any]] | None) -> dict[str, float] | str:
+def confidences(prediction: list[dict[str, Any]] | None, kind: str = "identity") -> dict[str, float] | str:
     if prediction is None:  # only the chain with the purifier, on a model without one
+        if kind == "undefended":
+            return "no purifier: this model is the undefended classifier"
         return "no purifier: this model is the Identity baseline"
     return {entry["label"]: entry["score"] for entry in prediction}
+
+
+def describe_undefended(result: dict[str, Any], model: Model) -> str:
+    """The chain without defence in words: which classifier it is, and its prediction clean and attacked."""
+    clean, attacked = result.get("clean_without_purifier"), result.get("attacked_without_purifier")
+    if not clean or not attacked:  # a checkpoint whose pipeline code predates `clean_without_purifier`
+        return ""
+    change = f"clean → **{clean[0]['label']}**, attacked → **{attacked[0]['label']}**"
+    if model.undefended is not None:
+        return f"Undefended classifier h'(f(x)), `{model.undefended}`: {change}."
+    if model.kind in NO_PURIFIER_KINDS:
+        return f"No defence (this model itself, it has no purifier): {change}."
+    g = "robust encoder" if model.kind == "robust-encoder" else "purifier"
+    return (
+        f"No defence: the head without the {g}, h(f(x)) (trained on f(g(x)), not a real undefended classifier): "
+        f"{change}."
+    )
 
 
 def describe(result: dict[str, Any], seconds: float, model: Model) -> str:
@@ -216,9 +279,10 @@ def describe(result: dict[str, Any], seconds: float, model: Model) -> str:
         attack += f", α = {settings['alpha']:.4g}, {settings['steps']} steps, {settings['restarts']} restart"
         attack += ", random start (seed 0)" if settings["random_start"] else ""
     defence = "no purifier (Identity baseline)" if model.kind == "identity" else model.description
+    undefended = describe_undefended(result, model)
     return (
         f"{attack}; white-box, each chain attacked away from its own clean prediction. Model: {defence}, "
-        f"`{model.name}`. Answered in {seconds:.2f} s."
+        f"`{model.name}`. {undefended + ' ' if undefended else ''}Answered in {seconds:.2f} s."
     )
 
 
@@ -241,7 +305,7 @@ def respond(model: Model, image: str | None, attack: str, epsilon: float) -> tup
         describe_purified(model.kind, images),
         confidences(result["clean"]),
         confidences(result["attacked_without_purifier"]),
-        confidences(result["attacked_with_purifier"]),
+        confidences(result["attacked_with_purifier"], model.kind),
         describe(result, seconds, model),
     )
 
@@ -275,7 +339,7 @@ def build_demo(models: list[Model], examples: list[tuple[str, str]]) -> gr.Block
 
     def show(name: str) -> tuple:
         """A newly picked model: the panels' titles for it, and no results of the previous one."""
-        title = titles(by_name[name].kind if name in by_name else "purifier")
+        title = model_titles(by_name[name]) if name in by_name else titles("purifier")
         return (
             None,
             gr.update(value=None, label=title["adversarial"]),
@@ -283,7 +347,7 @@ def build_demo(models: list[Model], examples: list[tuple[str, str]]) -> gr.Block
             gr.update(value=None, label=title["purified"]),
             "",
             gr.update(value=None, label=title["clean"]),
-            None,
+            gr.update(value=None, label=title["undefended"]),
             gr.update(value=None, label=title["defended"]),
             "",
         )
@@ -291,8 +355,11 @@ def build_demo(models: list[Model], examples: list[tuple[str, str]]) -> gr.Block
     with gr.Blocks(title="CRoPD: attack versus purified", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(
             "# CRoPD: attack versus purified\n"
-            "A white-box L∞ attack against the classifier without defence, `h(f(x))`, and another against the same "
-            "classifier behind the model's `g`, `h(f(g(x)))` ([arXiv 2504.10850](https://arxiv.org/abs/2504.10850))."
+            "A white-box L∞ attack against a classifier without defence, and another against the classifier behind "
+            "the model's `g`, `h(f(g(x)))` ([arXiv 2504.10850](https://arxiv.org/abs/2504.10850)). The classifier "
+            "without defence is the undefended classifier `h'(f(x))` (a head trained on clean images) when the Space "
+            "has one; otherwise the model's own head without its `g`, `h(f(x))`, which was trained on `f(g(x))` and "
+            'is not a real undefended classifier. The "Attacked, no defence" panel says which.'
             "\n\n"
             "Pick the model: a CRoPD purifier `g` gives back an image that looks like its input (a purified "
             "picture of the digit); a robust encoder's `g(x)` is a code for the foundation model `f`, not a "
@@ -325,7 +392,7 @@ def build_demo(models: list[Model], examples: list[tuple[str, str]]) -> gr.Block
                 epsilon = epsilon_slider(default_epsilon)
                 button = gr.Button("Attack", variant="primary", elem_id="run")
             with gr.Column(scale=2):
-                title = titles(default.kind)
+                title = model_titles(default)
                 # Two by two: each panel wide enough for its title.
                 shown = []
                 for pair in (
@@ -345,7 +412,7 @@ def build_demo(models: list[Model], examples: list[tuple[str, str]]) -> gr.Block
                         gr.Label(label=label, num_top_classes=3, elem_id=elem_id)
                         for label, elem_id in (
                             (title["clean"], "clean-label"),
-                            (UNDEFENDED_TITLE, "undefended-label"),
+                            (title["undefended"], "undefended-label"),
                             (title["defended"], "defended-label"),
                         )
                     ]
@@ -406,8 +473,47 @@ def model_sources(model: str | None) -> tuple[list[list[str]], bool]:
     return sources, True
 
 
+def load_undefended_classifier() -> tuple[str, PreTrainedModel] | None:
+    """The undefended classifier (shown name, model) when its folder exists; None otherwise, or when it cannot be
+    loaded (said on stderr: the Space then runs without it)."""
+    folder = model_loading.UNDEFENDED_CHECKPOINT
+    if not folder.is_dir():
+        return None
+    try:
+        return shown_name(str(folder)), load_undefended(str(folder))
+    except Exception as error:  # a broken checkpoint: the page still works, with the head without g
+        print(
+            f"warning: the undefended classifier {folder} cannot be loaded: {type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        return None
+
+
+def attach_undefended(
+    robust: Pipeline, source: str, undefended: tuple[str, PreTrainedModel] | None
+) -> tuple[Pipeline, str | None]:
+    """`robust` with the undefended classifier as its chain without defence, and that classifier's shown name; or
+    `robust` as it is and None, for a model without a purifier, or one the classifier does not match."""
+    if undefended is None or not robust.model.config.use_purifier:
+        return robust, None
+    name, classifier = undefended
+    try:
+        return with_undefended(robust, classifier), name
+    except (ValueError, TypeError) as error:  # other labels or image size; a checkpoint's older pipeline code
+        print(
+            f"warning: the undefended classifier {name} is not used with {source} (its chain without defence is "
+            f"its own head without g): {type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        return robust, None
+
+
 def load_models(model: str | None) -> tuple[list[Model], bool]:
-    """The picker's models, default first (loaded once: they are small); and whether they are the shipped ones."""
+    """The picker's models, default first (loaded once: they are small); and whether they are the shipped ones.
+
+    The undefended classifier, when its folder exists, is loaded once too and is the chain without defence of every
+    model with a purifier; it is never a choice of the picker.
+    """
     default = model_loading.SHIPPED[0].folder
     if (model is None or Path(model).resolve() == default.resolve()) and not default.is_dir():
         raise StartupError(
@@ -417,6 +523,7 @@ def load_models(model: str | None) -> tuple[list[Model], bool]:
             "folder)."
         )
     sources, shipped = model_sources(model)
+    undefended = load_undefended_classifier()
     models = []
     for index, tries in enumerate(sources):
         failures = []
@@ -428,7 +535,9 @@ def load_models(model: str | None) -> tuple[list[Model], bool]:
                 continue
             for failure in failures:
                 print(f"warning: loaded {source} instead of {failure}", file=sys.stderr)
-            models.append(Model(shown_name(source), robust, checkpoint_kind(robust, source)))
+            kind = checkpoint_kind(robust, source)
+            robust, undefended_name = attach_undefended(robust, source, undefended)
+            models.append(Model(shown_name(source), robust, kind, undefended_name))
             break
         else:
             if index == 0:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.errors import EntryNotFoundError
-from transformers import AutoImageProcessor, AutoModelForImageClassification, Pipeline, pipeline
+from transformers import AutoImageProcessor, AutoModelForImageClassification, Pipeline, PreTrainedModel, pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO_ROOT / "training" / "checkpoints"
@@ -13,16 +13,22 @@ CHECKPOINTS = REPO_ROOT / "training" / "checkpoints"
 EMBEDDED_CHECKPOINT = CHECKPOINTS / "embedded"
 # A learned robust encoder in front of the same f: its g(x) is a code for f, not a picture of x.
 ROBUST_ENCODER_CHECKPOINT = CHECKPOINTS / "embedded-robust-encoder"
+# The undefended classifier h'(f(x)): no purifier, a head trained on clean f(x), the same f. Not a choice of the
+# picker: when this folder exists it is every purifier's chain without defence (the "Attacked, no defence" panel).
+UNDEFENDED_CHECKPOINT = CHECKPOINTS / "embedded-undefended"
 TASK = "robust-image-classification"
 
 # The model card tag (README.md front matter, `tags:`) that marks a robust encoder: the kind of a checkpoint is read
 # from its card, never guessed from its name.
 ROBUST_ENCODER_TAG = "robust-encoder"
+# The model card tag of the undefended classifier (a checkpoint without a purifier, shipped for comparison).
+UNDEFENDED_TAG = "undefended"
 # What each kind of checkpoint is, in the words the page shows.
 DESCRIPTIONS = {
     "purifier": "CRoPD purifier (faithful: g(x) looks like x)",
     "robust-encoder": "Robust encoder (not a purifier: g(x) is a code for f, not an image of the digit)",
     "identity": "No purifier (Identity baseline: the head alone, h(f(x)))",
+    "undefended": "Undefended classifier (no purifier: h'(f(x)), a head trained on clean images)",
     "unknown": "CRoPD model whose model card could not be read (purifier or robust encoder: unknown)",
 }
 
@@ -60,6 +66,31 @@ def load_pipeline(model: str) -> Pipeline:
     return pipeline(TASK, model=classifier, image_processor=AutoImageProcessor.from_pretrained(model))
 
 
+def load_undefended(model: str) -> PreTrainedModel:
+    """The undefended classifier of a checkpoint (folder or Hub id): the model alone, for the pipeline's
+    `undefended_model`; loaded once and shared by every purifier's pipeline."""
+    try:
+        import cropd_hf  # noqa: F401  (registers the model type)
+    except ImportError:
+        return AutoModelForImageClassification.from_pretrained(model, trust_remote_code=True)
+    return AutoModelForImageClassification.from_pretrained(model)
+
+
+def with_undefended(robust: Pipeline, undefended: PreTrainedModel) -> Pipeline:
+    """`robust` with `undefended` as its chain without defence, h'(f(x)).
+
+    The pipeline checks that the two match (labels, image size, channels; ValueError otherwise); the code of a
+    checkpoint older than `undefended_model` refuses it (TypeError).
+    """
+    return type(robust)(
+        model=robust.model,
+        image_processor=robust.image_processor,
+        task=robust.task,
+        device=robust.device,
+        undefended_model=undefended,
+    )
+
+
 def card_tags(model: str) -> list[str]:
     """The `tags:` of a checkpoint's model card (the front matter of its README.md): folder or Hub id.
 
@@ -80,9 +111,13 @@ def card_tags(model: str) -> list[str]:
 
 
 def checkpoint_kind(robust: Pipeline, model: str) -> str:
-    """ "purifier", "robust-encoder", "identity" (no g at all) or "unknown" (the card could not be read)."""
+    """ "purifier", "robust-encoder", "identity" (no g at all), "undefended" (no g, carded as the undefended
+    classifier) or "unknown" (the card could not be read)."""
     if not robust.model.config.use_purifier:
-        return "identity"
+        try:
+            return "undefended" if UNDEFENDED_TAG in card_tags(model) else "identity"
+        except Exception:  # no g either way: the Identity baseline's words are true of it
+            return "identity"
     try:
         tags = card_tags(model)
     except Exception:  # an unreachable Hub, a malformed front matter: the page says it does not know

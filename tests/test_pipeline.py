@@ -25,11 +25,17 @@ from cropd_hf import (
     RobustImageClassificationPipeline,
 )
 from cropd_hf.attacks import FGSM
-from cropd_hf.pipeline_cropd import MAX_IMAGE_SIDE, TASK
+from cropd_hf.pipeline_cropd import (
+    MAX_IMAGE_SIDE,
+    NO_PURIFIER_CHAIN,
+    PURIFIER_HEAD_CHAIN,
+    TASK,
+    UNDEFENDED_MODEL_CHAIN,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "cropd_hf"
-PREDICTIONS = ("clean", "attacked_without_purifier", "attacked_with_purifier")
+PREDICTIONS = ("clean", "clean_without_purifier", "attacked_without_purifier", "attacked_with_purifier")
 IMAGES = (
     "input",
     "purified",
@@ -118,8 +124,10 @@ def test_every_input_kind_gives_the_answer_of_the_model_itself(robust, tmp_path)
 @pytest.mark.parametrize("attack", [None, "fgsm", "pgd"])
 def test_output_schema_for_each_attack(robust, attack):
     result = robust(gray_image(), attack=attack, top_k=2, return_images=True)
-    assert set(result) == {*PREDICTIONS, "attack", "has_purifier", "images"}
+    assert set(result) == {*PREDICTIONS, "attack", "has_purifier", "undefended_chain", "images"}
     assert result["has_purifier"] is True
+    # Without undefended_model, the chain without defence is the purifier's own head, and the output says so.
+    assert result["undefended_chain"] == PURIFIER_HEAD_CHAIN == "the purifier's head without the purifier"
     for name in PREDICTIONS:
         if attack is None and name != "clean":
             assert result[name] is None
@@ -175,8 +183,9 @@ def test_each_chain_is_attacked_on_its_own(robust):
     assert torch.allclose(images["perturbation_without_purifier"], expected_without - x)
     assert torch.equal(images["purified"], model.purify(expected_with))
 
-    # The scores are those of each chain on its own adversarial image.
+    # The scores are those of each chain on its own adversarial image (and of the chain without it on x).
     for name, logits in (
+        ("clean_without_purifier", model(x, purify=False).logits),
         ("attacked_without_purifier", model(expected_without, purify=False).logits),
         ("attacked_with_purifier", model(expected_with).logits),
     ):
@@ -202,6 +211,8 @@ def test_the_identity_baseline_says_it_has_no_purifier(make_robust):
     robust = make_robust(use_purifier=False)
     result = robust(gray_image(), attack="pgd", epsilon=0.1, return_images=True)
     assert result["has_purifier"] is False
+    assert result["undefended_chain"] == NO_PURIFIER_CHAIN
+    assert result["clean_without_purifier"] == result["clean"]
     assert result["attacked_with_purifier"] is None
     check_prediction(result["attacked_without_purifier"], top_k=3)
     images = result["images"]
@@ -367,12 +378,121 @@ def test_any_options_get_an_answer_or_a_clear_error(robust, attack, epsilon, ste
         check_clear_error(error)
         return
     event("answered")
-    assert set(result) >= {*PREDICTIONS, "attack", "has_purifier"}
+    assert set(result) >= {*PREDICTIONS, "attack", "has_purifier", "undefended_chain"}
     check_prediction(result["clean"], top_k=min(top_k or 5, 3))
     if attack is not None:
         assert result["attack"]["name"] == attack.upper()
         assert math.isclose(result["attack"]["eps"], robust.model.config.train_epsilon if epsilon is None else epsilon)
     assert ("images" in result) == bool(return_images)
+
+
+def tiny_model(tiny_config, seed: int, **overrides) -> CRoPDForImageClassification:
+    torch.manual_seed(seed)
+    config = tiny_config(id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **overrides)
+    return CRoPDForImageClassification(config)
+
+
+def tiny_processor(**overrides) -> CRoPDImageProcessor:
+    return CRoPDImageProcessor(**{"size": {"height": 8, "width": 8}, "num_channels": 1, **overrides})
+
+
+def as_scores(logits: torch.Tensor) -> dict[str, float]:
+    return {LABELS[i]: p for i, p in enumerate(logits[0].softmax(-1).tolist())}
+
+
+def test_a_separate_undefended_model_is_the_chain_without_the_purifier(tiny_config):
+    model = tiny_model(tiny_config, seed=0)
+    undefended = tiny_model(tiny_config, seed=1, use_purifier=False).train()
+    robust = pipeline(TASK, model=model, image_processor=tiny_processor(), undefended_model=undefended)
+    plain = pipeline(TASK, model=model, image_processor=tiny_processor())
+    assert robust.undefended_model is undefended and undefended.training is False
+    x = torch.from_numpy(gray_image() / 255.0).float()[None, None]
+    result = robust(gray_image(), attack="fgsm", epsilon=0.2, return_images=True, top_k=3)
+    assert result["undefended_chain"] == UNDEFENDED_MODEL_CHAIN == "separate undefended model"
+    assert plain(gray_image())["undefended_chain"] == PURIFIER_HEAD_CHAIN
+
+    # The chain without defence is h'(f(x)) of the undefended model, attacked on its own (FGSM: no randomness).
+    undefended_chain = lambda pixels: undefended(pixels, purify=False)  # noqa: E731
+    expected_without = FGSM(0.2)(undefended_chain, x, undefended(x).logits.argmax(-1))
+    adversarial = torch.from_numpy(result["images"]["adversarial_without_purifier"]).permute(2, 0, 1)[None]
+    assert torch.equal(adversarial, expected_without)
+    head_chain = lambda pixels: model(pixels, purify=False)  # noqa: E731
+    assert not torch.equal(expected_without, FGSM(0.2)(head_chain, x, model(x, purify=False).logits.argmax(-1)))
+    assert np.allclose(result["images"]["perturbation_without_purifier"][..., 0], (expected_without - x)[0, 0])
+    for name, logits in (
+        ("clean_without_purifier", undefended(x).logits),
+        ("attacked_without_purifier", undefended(expected_without).logits),
+        ("clean", model(x).logits),
+    ):
+        assert {e["label"]: e["score"] for e in result[name]} == pytest.approx(as_scores(logits), abs=1e-6), name
+
+    # The chain with the purifier is the model's, exactly as without an undefended model.
+    reference = plain(gray_image(), attack="fgsm", epsilon=0.2, return_images=True, top_k=3)
+    assert result["attacked_with_purifier"] == reference["attacked_with_purifier"]
+    assert result["clean"] == reference["clean"]
+    for name in ("adversarial_with_purifier", "perturbation_with_purifier", "purified", "input"):
+        assert np.array_equal(result["images"][name], reference["images"][name]), name
+    # Without an attack there is nothing to compare: the chain without defence gives no prediction.
+    assert robust(gray_image())["clean_without_purifier"] is None
+
+
+def test_the_undefended_model_can_be_named_by_its_checkpoint_folder(tiny_config, tmp_path):
+    model = tiny_model(tiny_config, seed=0)
+    undefended = tiny_model(tiny_config, seed=1, use_purifier=False)
+    undefended.save_pretrained(tmp_path / "undefended")
+    processor = tiny_processor()
+    by_object = pipeline(TASK, model=model, image_processor=processor, undefended_model=undefended)
+    for name in (str(tmp_path / "undefended"), tmp_path / "undefended"):
+        by_name = pipeline(TASK, model=model, image_processor=processor, undefended_model=name)
+        assert type(by_name.undefended_model) is CRoPDForImageClassification
+        assert by_name.undefended_model.config.use_purifier is False and not by_name.undefended_model.training
+        request = {"attack": "pgd", "epsilon": 0.1, "steps": 2, "return_images": True}
+        first, second = by_name(gray_image(), **request), by_object(gray_image(), **request)
+        assert first["undefended_chain"] == UNDEFENDED_MODEL_CHAIN
+        assert np.array_equal(
+            first["images"].pop("adversarial_without_purifier"), second["images"].pop("adversarial_without_purifier")
+        )
+        assert first["clean_without_purifier"] == second["clean_without_purifier"]
+        assert first["attacked_without_purifier"] == second["attacked_without_purifier"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"use_purifier": True}, "undefended_model has a purifier (use_purifier=True)"),
+        ({"image_size": 12}, "undefended_model has image_size=12 but the model has 8"),
+        ({"num_channels": 3}, "undefended_model has num_channels=3 but the model has 1"),
+        ({"id2label": {0: "zero", 1: "one", 2: "deux"}}, "undefended_model has the labels"),
+        ({"id2label": {0: "zero", 1: "one"}, "num_labels": 2}, "undefended_model has the labels"),
+    ],
+)
+def test_an_undefended_model_that_does_not_match_is_refused_clearly(tiny_config, overrides, message):
+    values = {"use_purifier": False, "id2label": LABELS, **overrides}
+    values["label2id"] = {v: k for k, v in values["id2label"].items()}
+    torch.manual_seed(1)
+    undefended = CRoPDForImageClassification(tiny_config(**values))
+    model = tiny_model(tiny_config, seed=0)
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        pipeline(TASK, model=model, image_processor=tiny_processor(), undefended_model=undefended)
+    check_clear_error(caught.value)
+
+
+def test_an_undefended_model_that_is_not_one_is_refused_clearly(tiny_config, tmp_path):
+    model = tiny_model(tiny_config, seed=0)
+    cases = [
+        (torch.nn.Linear(2, 2), "undefended_model must be a CRoPD model without a purifier"),
+        (12, "or the path or Hub id of its checkpoint; got int."),
+        (str(tmp_path / "missing"), f"undefended_model={str(tmp_path / 'missing')!r} cannot be loaded"),
+    ]
+    for undefended, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)) as caught:
+            pipeline(TASK, model=model, image_processor=tiny_processor(), undefended_model=undefended)
+        check_clear_error(caught.value)
+    robust = pipeline(TASK, model=model, image_processor=tiny_processor())
+    undefended = tiny_model(tiny_config, seed=1, use_purifier=False)
+    with pytest.raises(ValueError, match=re.escape("undefended_model is given when the pipeline is made")) as caught:
+        robust(gray_image(), undefended_model=undefended)
+    check_clear_error(caught.value)
 
 
 REMOTE_SCRIPT = textwrap.dedent(
@@ -390,17 +510,36 @@ REMOTE_SCRIPT = textwrap.dedent(
 
     from transformers import pipeline
 
-    folder, image, task = sys.argv[1:]
-    robust = pipeline(model=folder, trust_remote_code=True) if task == "-" else pipeline(
-        task, model=folder, trust_remote_code=True
+    folder, image, task, *undefended = sys.argv[1:]
+    options = {"undefended_model": undefended[0]} if undefended else {}
+    robust = pipeline(model=folder, trust_remote_code=True, **options) if task == "-" else pipeline(
+        task, model=folder, trust_remote_code=True, **options
     )
-    for component in (robust, robust.model, robust.image_processor):
+    components = [robust, robust.model, robust.image_processor] + [robust.undefended_model] * bool(undefended)
+    for component in components:
         assert type(component).__module__.startswith("transformers_modules."), type(component)
     result = robust(image, attack="pgd", epsilon=0.1, steps=3, top_k=3)
     print(type(robust).__name__)
     print(json.dumps(result))
     """
 )
+
+
+def run_without_the_package(tmp_path: Path, *arguments: str) -> tuple[str, dict]:
+    """The pipeline's class name and its JSON answer, from REMOTE_SCRIPT run where cropd_hf cannot be imported."""
+    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    completed = subprocess.run(
+        [sys.executable, str(tmp_path / "remote.py"), *arguments],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    name, output = completed.stdout.strip().splitlines()[-2:]
+    return name, json.loads(output)
 
 
 @pytest.mark.parametrize("task", ["-", TASK])
@@ -418,22 +557,26 @@ def test_a_checkpoint_saved_with_the_pipeline_runs_it_without_the_package(robust
     assert {"pipeline_cropd.py", "attacks.py", "preprocessor_config.json"} <= {p.name for p in folder.iterdir()}
 
     Image.fromarray(gray_image()).save(tmp_path / "digit.png")
-    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    completed = subprocess.run(
-        [sys.executable, str(tmp_path / "remote.py"), str(folder), str(tmp_path / "digit.png"), task],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    name, output = completed.stdout.strip().splitlines()[-2:]
+    name, output = run_without_the_package(tmp_path, str(folder), str(tmp_path / "digit.png"), task)
     assert name == "RobustImageClassificationPipeline"
     # The checkpoint's copy of the code gives exactly what the package gives.
     expected = robust(str(tmp_path / "digit.png"), attack="pgd", epsilon=0.1, steps=3, top_k=3)
-    assert json.loads(output) == json.loads(json.dumps(expected))
+    assert output == json.loads(json.dumps(expected))
+
+
+def test_the_undefended_model_runs_without_the_package_too(robust, tiny_config, tmp_path):
+    robust.save_pretrained(tmp_path / "declared")
+    tiny_model(tiny_config, seed=1, use_purifier=False).save_pretrained(tmp_path / "undefended")
+    Image.fromarray(gray_image()).save(tmp_path / "digit.png")
+    arguments = (str(tmp_path / "digit.png"), TASK, str(tmp_path / "undefended"))
+    name, output = run_without_the_package(tmp_path, str(tmp_path / "declared"), *arguments)
+    assert name == "RobustImageClassificationPipeline"
+    assert output["undefended_chain"] == UNDEFENDED_MODEL_CHAIN
+    with_package = pipeline(
+        TASK, model=robust.model, image_processor=robust.image_processor, undefended_model=tmp_path / "undefended"
+    )
+    expected = with_package(str(tmp_path / "digit.png"), attack="pgd", epsilon=0.1, steps=3, top_k=3)
+    assert output == json.loads(json.dumps(expected))
 
 
 def test_a_checkpoint_saved_with_the_pipeline_still_loads_in_process_as_a_model(robust, tmp_path):

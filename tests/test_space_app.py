@@ -1,8 +1,10 @@
 """The Gradio Space: the real app on a local port, called with gradio_client and driven in headless Chromium.
 
 The browser test runs the shipped default checkpoint (training/checkpoints/embedded) and asserts that its purified
-panel looks like the clean one (PSNR >= 15 dB). CROPD_TEST_SPACE_MODEL=path/to/checkpoint runs it against another
-checkpoint instead (to check the test itself with a stand-in); left unset, the app runs with its own default.
+panel looks like the clean one (PSNR >= 15 dB), and that its "Attacked, no defence" panel names the undefended
+classifier training/checkpoints/embedded-undefended when that folder exists (the purifier's head otherwise).
+CROPD_TEST_SPACE_MODEL=path/to/checkpoint runs it against another checkpoint instead (to check the test itself with a
+stand-in); left unset, the app runs with its own default.
 """
 
 import base64
@@ -270,11 +272,22 @@ def test_the_page_attacks_an_example_of_the_shipped_checkpoint_in_headless_chrom
             "Perturbation x_adv − x",
             "Purified g(x_adv)",
             "Clean: h(f(g(x)))",
-            "Attacked, no defence: h(f(x_adv')) (the head without the purifier, attacked on its own)",
             "Attacked, with the purifier: h(f(g(x_adv)))",
         ):
             assert title in page, title
-        assert "10 steps" in browser.find_element(By.ID, "status").text
+        status = browser.find_element(By.ID, "status").text
+        assert "10 steps" in status
+        # The chain without defence: the shipped undefended classifier when it exists (always with the shipped
+        # default; a stand-in model may not match it), else the purifier's own head, each said as what it is.
+        separate = "Undefended classifier h'(f(x))" in status
+        if model_loading.UNDEFENDED_CHECKPOINT.is_dir() and not os.environ.get("CROPD_TEST_SPACE_MODEL"):
+            assert separate, status
+        if separate:
+            assert space.UNDEFENDED_MODEL_TITLE in page
+            assert re.search(r"Undefended classifier h'\(f\(x\)\), \S+: clean → \S+, attacked → \S+\.", status)
+        else:
+            assert space.head_without_g_title("purifier") in page
+            assert "not a real undefended classifier" in status
         shown_psnr = psnr_in_text(browser.find_element(By.ID, "purified-psnr").text)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         screenshot = ARTIFACTS / "space_app.png"
@@ -307,12 +320,15 @@ def copy_checkpoint(checkpoint: Path, folder: Path, tags: list[str] | None) -> P
     return folder
 
 
-def shipped(monkeypatch, *folders: Path) -> None:
-    """Make `folders` the checkpoints the app ships (the first the default), with made-up Hub ids."""
+def shipped(monkeypatch, *folders: Path, undefended: Path | None = None) -> None:
+    """Make `folders` the checkpoints the app ships (the first the default), with made-up Hub ids; and `undefended`
+    its undefended classifier (None: a folder that does not exist, whatever the repository holds)."""
     entries = tuple(
         model_loading.ShippedCheckpoint(folder, f"cropd-test/{folder.name}-not-published") for folder in folders
     )
     monkeypatch.setattr(model_loading, "SHIPPED", entries)
+    absent = folders[0].parent / "embedded-undefended-absent"
+    monkeypatch.setattr(model_loading, "UNDEFENDED_CHECKPOINT", absent if undefended is None else undefended)
 
 
 def picker_choices(demo: gr.Blocks) -> list[tuple[str, str]]:
@@ -360,6 +376,107 @@ def test_the_picker_offers_both_kinds_by_their_model_card_not_their_name(checkpo
     models, _ = space.load_models(str(tagged))
     assert [(model.name, model.kind) for model in models] == [(str(tagged), "robust-encoder")]
     assert picker_choices(space.build_demo(models, [])) == [(f"{ROBUST_ENCODER} — {tagged}", str(tagged))]
+
+
+def label_titles(demo: gr.Blocks) -> dict[str, str]:
+    return {
+        block.elem_id: block.label
+        for block in demo.blocks.values()
+        if getattr(block, "elem_id", None) in ("clean-label", "undefended-label", "defended-label")
+    }
+
+
+def pixels_of(example: str) -> torch.Tensor:
+    return CRoPDImageProcessor(size={"height": 8, "width": 8}, num_channels=1)(
+        images=Image.open(example), return_tensors="pt"
+    )["pixel_values"]
+
+
+def test_the_undefended_classifier_is_every_purifier_s_chain_without_defence(
+    checkpoint, foundation_folder, tmp_path, monkeypatch, example
+):
+    root = tmp_path / "checkpoints"
+    purifier = copy_checkpoint(checkpoint, root / "embedded", ["cropd", "purification"])
+    encoder = copy_checkpoint(checkpoint, root / "embedded-robust-encoder", ["cropd", "robust-encoder"])
+    undefended_checkpoint = save_checkpoint(tmp_path / "made" / "undefended", foundation_folder, use_purifier=False)
+    undefended = copy_checkpoint(undefended_checkpoint, root / "embedded-undefended", ["cropd", "undefended"])
+    shipped(monkeypatch, purifier, encoder, undefended=undefended)
+    loads = []
+
+    def counted(model: str):
+        loads.append(model)
+        return model_loading.load_undefended(model)
+
+    monkeypatch.setattr(space, "load_undefended", counted)
+    models, _ = space.start(Namespace(model=None, examples=str(Path(example).parent)), tmp_path)
+
+    # Loaded once, shared by both models with a g; never a choice of the picker.
+    assert loads == [str(undefended)]
+    assert [(model.name, model.kind, model.undefended) for model in models] == [
+        (str(purifier), "purifier", str(undefended)),
+        (str(encoder), "robust-encoder", str(undefended)),
+    ]
+    classifier = models[0].robust.undefended_model
+    assert classifier is models[1].robust.undefended_model and classifier.config.use_purifier is False
+    demo = space.build_demo(models, [(example, "digit")])
+    assert [name for _, name in picker_choices(demo)] == [str(purifier), str(encoder)]
+    assert label_titles(demo)["undefended-label"] == space.UNDEFENDED_MODEL_TITLE
+    assert "the undefended classifier: a head trained on clean images" in space.UNDEFENDED_MODEL_TITLE
+    assert space.model_titles(models[1])["undefended"] == space.UNDEFENDED_MODEL_TITLE
+
+    # The "no defence" panel and the status are those of h'(f(x)), the undefended classifier, attacked on its own.
+    result = space.attack_image(models[0].robust, example, "FGSM", 0.1)
+    assert result["undefended_chain"] == "separate undefended model"
+    x = pixels_of(example)
+    with torch.no_grad():
+        own = classifier(x).logits[0].softmax(-1)
+        head = models[0].robust.model(x, purify=False).logits[0].softmax(-1)
+    expected = {LABELS[index]: score for index, score in enumerate(own.tolist())}
+    assert {e["label"]: e["score"] for e in result["clean_without_purifier"]} == pytest.approx(expected, abs=1e-5)
+    assert not torch.allclose(own, head)  # a classifier of its own, not the purifier's head
+    *_, undefended_label, _, status = space.respond(models[0], example, "FGSM", 0.1)
+    assert undefended_label == space.confidences(result["attacked_without_purifier"])
+    clean, attacked = result["clean_without_purifier"][0]["label"], result["attacked_without_purifier"][0]["label"]
+    assert f"Undefended classifier h'(f(x)), `{undefended}`: clean → **{clean}**, attacked → **{attacked}**." in status
+
+    # Named with --model, the undefended checkpoint is what its card says, not a purifier; it has no other chain.
+    (alone,) = space.load_models(str(undefended))[0]
+    assert (alone.kind, alone.undefended) == ("undefended", None)
+    assert alone.description == model_loading.DESCRIPTIONS["undefended"] and "purifier (" not in alone.choice
+    *_, defended, alone_status = space.respond(alone, example, "FGSM", 0.1)
+    assert defended == "no purifier: this model is the undefended classifier"
+    assert "No defence (this model itself, it has no purifier)" in alone_status
+
+
+def test_without_the_undefended_classifier_the_page_says_the_chain_is_the_purifier_s_head(
+    checkpoint, foundation_folder, tmp_path, monkeypatch, example, capsys
+):
+    root = tmp_path / "checkpoints"
+    purifier = copy_checkpoint(checkpoint, root / "embedded", ["cropd"])
+    encoder = copy_checkpoint(checkpoint, root / "embedded-robust-encoder", ["robust-encoder"])
+    shipped(monkeypatch, purifier, encoder)  # no embedded-undefended folder
+    models, _ = space.load_models(None)
+    assert [model.undefended for model in models] == [None, None]
+    assert getattr(models[0].robust, "undefended_model", None) is None
+    assert label_titles(space.build_demo(models, []))["undefended-label"] == space.head_without_g_title("purifier")
+    for model, g in zip(models, ("purifier", "robust encoder"), strict=True):
+        title = space.model_titles(model)["undefended"]
+        assert title == space.head_without_g_title(g) and "not a real undefended classifier" in title
+        *_, status = space.respond(model, example, "FGSM", 0.1)
+        assert f"No defence: the head without the {g}, h(f(x)) (trained on f(g(x)), not a real undefended" in status
+        assert space.attack_image(model.robust, example, "FGSM", 0.1)["undefended_chain"] == (
+            "the purifier's head without the purifier"
+        )
+
+    # An undefended classifier that does not match the model (another image size) is not used, and said so.
+    mismatched = save_checkpoint(tmp_path / "other-size", foundation_folder, use_purifier=False, image_size=12)
+    shipped(monkeypatch, purifier, undefended=mismatched)
+    capsys.readouterr()
+    (model,) = space.load_models(None)[0]
+    assert model.undefended is None and model.robust.undefended_model is None
+    warning = capsys.readouterr().err
+    assert f"warning: the undefended classifier {mismatched} is not used with {purifier}" in warning
+    assert "undefended_model has image_size=12 but the model has 8" in warning
 
 
 def test_a_hub_id_of_a_shipped_checkpoint_falls_back_to_its_folder(checkpoint, tmp_path, monkeypatch, capsys):
@@ -486,20 +603,24 @@ WITHOUT_PACKAGE = textwrap.dedent(
     import sys
 
     sys.modules["cropd_hf"] = None  # a Space holding only space_app/: the package is not installed
-    space_app, checkpoint, examples = sys.argv[1:]
+    space_app, checkpoint, undefended, examples = sys.argv[1:]
     sys.path.insert(0, space_app)
     import app
-    from model_loading import load_pipeline
+    from model_loading import load_pipeline, load_undefended, with_undefended
 
     robust = load_pipeline(checkpoint)
+    separate = with_undefended(robust, load_undefended(undefended))
     gallery = app.load_examples(examples, app.Path(examples))
     try:
         app.load_examples("sklearn-digits", app.Path(examples))
     except app.StartupError as error:
         refused = str(error)
     result = app.attack_image(robust, gallery[0][0], "PGD-10", 0.1)
+    chains = [app.attack_image(pipe, gallery[0][0], "FGSM", 0.1)["undefended_chain"] for pipe in (robust, separate)]
     print(json.dumps({
         "pipeline": type(robust).__module__,
+        "undefended": type(separate.undefended_model).__module__,
+        "chains": chains,
         "gallery": [caption for _, caption in gallery],
         "refused": refused,
         "defended": result["attacked_with_purifier"],
@@ -508,15 +629,16 @@ WITHOUT_PACKAGE = textwrap.dedent(
 )
 
 
-def test_without_the_package_the_space_runs_the_checkpoints_own_code(checkpoint, example, tmp_path):
+def test_without_the_package_the_space_runs_the_checkpoints_own_code(checkpoint, foundation_folder, example, tmp_path):
     declared = tmp_path / "declared"
     pipeline("robust-image-classification", model=str(checkpoint)).save_pretrained(declared)
+    undefended = save_checkpoint(tmp_path / "undefended", foundation_folder, use_purifier=False)
     examples = tmp_path / "examples"
     examples.mkdir()
     shutil.copy(example, examples / "digit.png")
     (tmp_path / "script.py").write_text(WITHOUT_PACKAGE)
     completed = subprocess.run(
-        [sys.executable, str(tmp_path / "script.py"), str(SPACE), str(declared), str(examples)],
+        [sys.executable, str(tmp_path / "script.py"), str(SPACE), str(declared), str(undefended), str(examples)],
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
         capture_output=True,
         text=True,
@@ -525,6 +647,8 @@ def test_without_the_package_the_space_runs_the_checkpoints_own_code(checkpoint,
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["pipeline"].startswith("transformers_modules.")
+    assert report["undefended"].startswith("transformers_modules.")
+    assert report["chains"] == ["the purifier's head without the purifier", "separate undefended model"]
     assert report["gallery"] == ["digit"]
     assert "datasets need the cropd_hf package" in report["refused"]
     assert {entry["label"] for entry in report["defended"]} == set(LABELS.values())

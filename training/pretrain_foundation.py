@@ -1,6 +1,6 @@
 """Pre-train the embedded foundation model: a small ViT-MAE on the embedded MNIST train split (no labels).
 
-It stands in for `facebook/vit-mae-large` where the Hub cannot be reached (DESIGN.md §4). The encoder is saved
+It stands in for `facebook/vit-mae-large` where the Hub cannot be reached (docs/design.md §4). The encoder is saved
 with `save_pretrained` as a `ViTMAEModel`, next to a `preprocessor_config.json` that records its input size and
 normalization, and a `linear_probe.json` with the quality check (a logistic-regression probe on frozen features).
 
