@@ -200,3 +200,15 @@ def test_the_quick_suite_runs_fgsm_and_pgd_only_and_every_sanity_check():
     assert set(effort.measured) == {"pgd3", "pgd6", "pgd12", "pgd6-restarts2"}
     assert transfer.status == "SKIPPED" and gradients.passed
     assert result.fidelity is None
+
+
+def test_without_sanity_checks_only_the_suite_and_the_gradient_check_run_with_the_same_suite_figures():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    full = quick_suite_settings(0.1, pgd_steps=(3, 6), batch_size=16, seed=1)
+    quick = quick_suite_settings(0.1, pgd_steps=(3, 6), batch_size=16, seed=1, sanity_checks=False)
+    assert "sanity_checks" not in full.to_dict(), "reports written before the field compare equal"
+    assert quick.to_dict()["sanity_checks"] is False
+    with_checks, without = evaluate_model(model, _dataset(model), full), evaluate_model(model, _dataset(model), quick)
+    assert [check.name for check in without.sanity_checks] == ["input gradients finite and non-zero"]
+    assert without.results == with_checks.results and without.clean_accuracy == with_checks.clean_accuracy

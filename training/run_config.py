@@ -59,6 +59,9 @@ class RunConfig:
     eval_alpha: float | None = None
     eval_pgd_steps: list[int] = dataclasses.field(default_factory=lambda: [10, 20])
     eval_num_samples: int | None = None
+    # The evaluator's sanity checks (more effort, collapse at ε = 0.5, transfer) after training: about 3x the cost
+    # of the suite; a quick look leaves them to `cropd-eval`.
+    eval_sanity_checks: bool = False
     eval_batch_size: int = 250
     report_to: Literal["none", "tensorboard"] = "none"
     model: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -475,6 +475,7 @@ def evaluation_settings(run: RunConfig, num_samples: int) -> EvaluationSettings:
         run.eval_epsilon,
         pgd_steps=tuple(run.eval_pgd_steps),
         pgd_alpha=run.eval_alpha,
+        sanity_checks=run.eval_sanity_checks,
         batch_size=run.eval_batch_size,
         seed=run.seed,
         dataset=run.dataset,

@@ -135,48 +135,50 @@ def summarize(
             )
         results.append(EpsilonResult(epsilon, attacks, accuracy(*keys)))
 
-    steps, restarts = settings.max_pgd_steps, settings.pgd_restarts
-    collapse = chains["collapse"]
-    collapse_keys = [f"collapse/{entry.name}" for entry in collapse.attacks]
-    # Every PGD at the reference ε, the suite's first: name -> (record key, attack).
-    pgd: dict[str, tuple[str, SuiteAttack]] = {}
-    for chain in (chains[_epsilon_key(settings.reference_epsilon)], chains["effort"]):
-        for entry in chain.attacks:
-            if entry.name.startswith("pgd"):
-                pgd.setdefault(entry.name, (f"{chain.key}/{entry.name}", entry))
-    by_steps = [f"pgd{k}" for k in sorted(settings.pgd_steps)] if "pgd" in settings.attacks else [f"pgd{steps}"]
-    ladder = [
-        *itertools.pairwise(by_steps),
-        (f"pgd{steps}", f"pgd{2 * steps}"),
-        (f"pgd{steps}", f"pgd{steps}-restarts{2 * restarts}"),
-    ]
-    comparisons = [
-        (weaker, accuracy(pgd[weaker][0]), stronger, accuracy(pgd[stronger][0])) for weaker, stronger in ladder
-    ]
-    checks = [
-        check_large_epsilon_collapse(
-            accuracy(*collapse_keys),
-            collapse.epsilon,
-            {entry.name: entry.attack.settings() for entry in collapse.attacks},
-        ),
-        check_more_effort_does_not_help(
-            comparisons, num_samples, {name: entry.attack.settings() for name, (_, entry) in pgd.items()}
-        ),
-    ]
-    if with_transfer:
-        transfer = chains["transfer"].attacks[0]
-        white_box_key, white_box = pgd[f"pgd{steps}"]
-        checks.append(
-            check_white_box_beats_transfer(
-                accuracy(white_box_key),
-                accuracy(f"transfer/{transfer.name}"),
-                num_samples,
-                {"white_box": white_box.attack.settings(), "transfer": transfer.attack.settings()},
-                source=settings.transfer_from or "the reference model",
+    checks: list[SanityCheck] = []
+    if settings.sanity_checks:
+        steps, restarts = settings.max_pgd_steps, settings.pgd_restarts
+        collapse = chains["collapse"]
+        collapse_keys = [f"collapse/{entry.name}" for entry in collapse.attacks]
+        # Every PGD at the reference ε, the suite's first: name -> (record key, attack).
+        pgd: dict[str, tuple[str, SuiteAttack]] = {}
+        for chain in (chains[_epsilon_key(settings.reference_epsilon)], chains["effort"]):
+            for entry in chain.attacks:
+                if entry.name.startswith("pgd"):
+                    pgd.setdefault(entry.name, (f"{chain.key}/{entry.name}", entry))
+        by_steps = [f"pgd{k}" for k in sorted(settings.pgd_steps)] if "pgd" in settings.attacks else [f"pgd{steps}"]
+        ladder = [
+            *itertools.pairwise(by_steps),
+            (f"pgd{steps}", f"pgd{2 * steps}"),
+            (f"pgd{steps}", f"pgd{steps}-restarts{2 * restarts}"),
+        ]
+        comparisons = [
+            (weaker, accuracy(pgd[weaker][0]), stronger, accuracy(pgd[stronger][0])) for weaker, stronger in ladder
+        ]
+        checks += [
+            check_large_epsilon_collapse(
+                accuracy(*collapse_keys),
+                collapse.epsilon,
+                {entry.name: entry.attack.settings() for entry in collapse.attacks},
+            ),
+            check_more_effort_does_not_help(
+                comparisons, num_samples, {name: entry.attack.settings() for name, (_, entry) in pgd.items()}
+            ),
+        ]
+        if with_transfer:
+            transfer = chains["transfer"].attacks[0]
+            white_box_key, white_box = pgd[f"pgd{steps}"]
+            checks.append(
+                check_white_box_beats_transfer(
+                    accuracy(white_box_key),
+                    accuracy(f"transfer/{transfer.name}"),
+                    num_samples,
+                    {"white_box": white_box.attack.settings(), "transfer": transfer.attack.settings()},
+                    source=settings.transfer_from or "the reference model",
+                )
             )
-        )
-    else:
-        checks.append(_transfer_skipped())
+        else:
+            checks.append(_transfer_skipped())
     checks.append(check_gradient_health(sum(records["gradient_ok"]) / num_samples))
     epsilon_keys = [_epsilon_key(epsilon) for epsilon in settings.epsilons]
     fidelity = summarize_fidelity(records, settings.epsilons, epsilon_keys)

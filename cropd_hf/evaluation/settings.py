@@ -41,6 +41,8 @@ class EvaluationSettings:
     apgd_restarts: int = 1
     apgd_targets: int = 9
     sanity_epsilon: float = 0.5
+    # False: only the suite and the gradient check (a training run's quick look); the full checks cost ~3x the suite.
+    sanity_checks: bool = True
     batch_size: int = 100
     seed: int = 0
     dataset: str = EMBEDDED_MNIST
@@ -93,7 +95,11 @@ class EvaluationSettings:
         return PGD(epsilon, alpha=alpha, steps=steps, restarts=restarts or self.pgd_restarts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        values = {field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        if values["sanity_checks"]:
+            # Reports (and resume states) written before the field existed all ran the checks: same settings.
+            del values["sanity_checks"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvaluationSettings:
@@ -165,6 +171,8 @@ def _plan(settings: EvaluationSettings, num_classes: int, with_transfer: bool) -
     chains = [
         _Chain(_epsilon_key(eps), eps, tuple(attack_suite(eps, settings, num_classes))) for eps in settings.epsilons
     ]
+    if not settings.sanity_checks:
+        return chains
     reference, steps, restarts = settings.reference_epsilon, settings.max_pgd_steps, settings.pgd_restarts
     effort = [
         SuiteAttack(f"pgd{2 * steps}", settings.pgd(reference, 2 * steps)),

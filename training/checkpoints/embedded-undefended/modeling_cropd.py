@@ -1,0 +1,572 @@
+"""PyTorch CRoPD models: the purifier `g` and the composed robust classifier `h(f(g(x)))`.
+
+Self-contained on purpose (it only imports transformers, torch and the configuration next to it): this file is
+copied next to every checkpoint so that the Auto classes load it with `trust_remote_code=True`.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import get_torch_context_manager_or_global_device
+from transformers.models.vit_mae.configuration_vit_mae import ViTMAEConfig
+from transformers.models.vit_mae.modeling_vit_mae import (
+    ViTMAEDecoder,
+    ViTMAEEmbeddings,
+    ViTMAEForPreTraining,
+    ViTMAEModel,
+    build_2d_sinusoidal_position_embedding,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_cropd import CRoPDConfig
+
+# Pixels outside [0, 1] by less than this are float noise, not a wrong value range.
+PIXEL_RANGE_TOLERANCE = 1e-4
+# A residual purifier adds its correction to logit(x); pixels at exactly 0 or 1 are clamped this far inside.
+RESIDUAL_LOGIT_EPS = 1e-3
+
+
+@dataclass
+class CRoPDPurifierOutput(ModelOutput):
+    r"""
+    reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+        The purified image `g(x)`, pixels in [0, 1], same shape as the input.
+    pooled_latent (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        The purifier encoder's latent pooled as `config.purifier_pooling` says (the "purifier" contrastive features).
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_tokens, hidden_size)`):
+        The purifier encoder's tokens: CLS first, then the patches (ViT purifier), or the bottleneck's positions
+        (conv purifier, `hidden_size` = the last of `conv_channels`).
+    """
+
+    reconstruction: torch.FloatTensor | None = None
+    pooled_latent: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+@dataclass
+class CRoPDImageClassifierOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+        Cross-entropy of the logits against the labels.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Classification scores of the head `h`.
+    features (`torch.FloatTensor` of shape `(batch_size, foundation_hidden_size)`):
+        Pooled features of the frozen foundation model, the input of the head.
+    purified_pixel_values (`torch.FloatTensor`, *optional*, returned when the purifier ran):
+        `g(x)`, the image the foundation model saw (before resizing and normalization).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    features: torch.FloatTensor | None = None
+    purified_pixel_values: torch.FloatTensor | None = None
+
+
+def check_pixel_values(pixel_values: Any, num_channels: int, image_size: int) -> None:
+    """Raise a `ValueError` that says what is wrong and what is accepted, before torch fails somewhere deep.
+
+    Any floating dtype is accepted: the models' `forward` casts the pixels to their own parameter dtype.
+    """
+    accepted = (
+        f"a float tensor of shape (batch_size, {num_channels}, {image_size}, {image_size}) with values in [0, 1] "
+        "(CRoPDImageProcessor turns PIL images and arrays into that)"
+    )
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(f"pixel_values must be {accepted}; got {type(pixel_values).__name__}.")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be {accepted}; got dtype {pixel_values.dtype}.")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must be {accepted}; got rank {pixel_values.ndim}, shape {tuple(pixel_values.shape)}."
+        )
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"pixel_values must be {accepted}; got {pixel_values.shape[1]} channels, shape {tuple(pixel_values.shape)}."
+        )
+    if tuple(pixel_values.shape[2:]) != (image_size, image_size):
+        raise ValueError(f"pixel_values must be {accepted}; got spatial size {tuple(pixel_values.shape[2:])}.")
+    if pixel_values.shape[0] == 0:
+        raise ValueError(f"pixel_values must be {accepted}; got an empty batch.")
+    # One reduction and one host sync: NaN propagates into the minimum and maximum, and so does infinity.
+    low, high = torch.stack(torch.aminmax(pixel_values)).tolist()
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"pixel_values must be {accepted}; got NaN or infinite values.")
+    if low < -PIXEL_RANGE_TOLERANCE or high > 1 + PIXEL_RANGE_TOLERANCE:
+        raise ValueError(
+            f"pixel_values must be {accepted}; got values in [{low:.4g}, {high:.4g}] "
+            "(divide 8-bit images by 255, and do not normalize: the model normalizes internally)."
+        )
+
+
+@torch.no_grad()
+def initialize_vit_mae_embeddings(module: nn.Module) -> None:
+    """Give every ViT-MAE embedding in `module` its sin-cos position table and random CLS / mask tokens.
+
+    transformers 5.23 leaves them at zero for a `ViTMAEModel` / `ViTMAEDecoder` built from a config (its
+    `initialize_weights` returns early once the patch projection is marked initialized, and the decoder branch of
+    `_init_weights` zeroes them). A model without positions cannot tell where a patch is. Tensors loaded from a
+    checkpoint are left alone (`transformers.initialization` skips them).
+    """
+    for submodule in module.modules():
+        if isinstance(submodule, ViTMAEEmbeddings):
+            grid = int(submodule.patch_embeddings.num_patches**0.5)
+            init.copy_(submodule.position_embeddings, _mae_position_table(grid, submodule.position_embeddings))
+            init.normal_(submodule.cls_token, std=submodule.config.initializer_range)
+        elif isinstance(submodule, ViTMAEDecoder):
+            grid = int((submodule.decoder_pos_embed.shape[1] - 1) ** 0.5)
+            init.copy_(submodule.decoder_pos_embed, _mae_position_table(grid, submodule.decoder_pos_embed))
+            init.normal_(submodule.mask_token, std=submodule.config.initializer_range)
+
+
+def _mae_position_table(grid: int, like: torch.Tensor) -> torch.Tensor:
+    table = build_2d_sinusoidal_position_embedding(height=grid, width=grid, embed_dim=like.shape[-1], cls_token=True)
+    # Same half swap as ViTMAEEmbeddings.initialize_weights, so pre-trained MAE checkpoints stay compatible.
+    half = table.shape[-1] // 2
+    return torch.cat([table[..., half:], table[..., :half]], dim=-1).unsqueeze(0).to(like.dtype)
+
+
+def purifier_vit_mae_config(config: CRoPDConfig) -> ViTMAEConfig:
+    """The `ViTMAEConfig` of the purifier: the CRoPD architecture fields, no masking."""
+    return ViTMAEConfig(
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        decoder_hidden_size=config.decoder_hidden_size,
+        decoder_num_hidden_layers=config.decoder_num_hidden_layers,
+        decoder_num_attention_heads=config.decoder_num_attention_heads,
+        decoder_intermediate_size=config.decoder_intermediate_size,
+        hidden_act=config.hidden_act,
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        layer_norm_eps=config.layer_norm_eps,
+        initializer_range=config.initializer_range,
+        qkv_bias=config.qkv_bias,
+        mask_ratio=0.0,
+    )
+
+
+class CRoPDConvAutoEncoder(nn.Module):
+    """The convolutional purifier body: `conv_channels` widths down (stride 2 after the first), mirrored up.
+
+    Returns the image logits at the input size and the bottleneck as tokens `(batch, positions, channels)`.
+    """
+
+    def __init__(self, config: CRoPDConfig) -> None:
+        super().__init__()
+        widths = [config.num_channels, *config.conv_channels]
+        down: list[nn.Module] = []
+        for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            down += [_PurifierConv(width_in, width_out, 3, stride=1 if index == 0 else 2, padding=1), nn.GELU()]
+        up: list[nn.Module] = []
+        for width_in, width_out in zip(widths[:1:-1], widths[-2:0:-1], strict=True):
+            up += [_PurifierConvTranspose(width_in, width_out, 4, stride=2, padding=1), nn.GELU()]
+        up.append(_PurifierOutputConv(widths[1], config.num_channels, 3, padding=1))
+        self.encoder = nn.Sequential(*down)
+        self.decoder = nn.Sequential(*up)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bottleneck = self.encoder(pixel_values)
+        return self.decoder(bottleneck), bottleneck.flatten(2).transpose(1, 2)
+
+
+class _PurifierConv(nn.Conv2d):
+    """A convolution of the conv purifier (its own class so `_init_weights` gives it He initialization)."""
+
+
+class _PurifierConvTranspose(nn.ConvTranspose2d):
+    """A transposed convolution of the conv purifier (He initialization, like `_PurifierConv`)."""
+
+
+class _PurifierOutputConv(nn.Conv2d):
+    """The conv purifier's last layer, zero at start: g starts as the identity (residual) or a flat grey image,
+    never with saturated sigmoids whose gradients vanish."""
+
+
+def _fixed_patch_order(batch_size: int, num_patches: int, device: torch.device) -> torch.Tensor:
+    # ViT-MAE shuffles patches by argsort(noise); increasing noise keeps every patch in its place, every time.
+    return torch.arange(num_patches, device=device, dtype=torch.float32).expand(batch_size, -1)
+
+
+class CRoPDPreTrainedModel(PreTrainedModel):
+    config: CRoPDConfig
+    config_class = CRoPDConfig
+    base_model_prefix = "purifier"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["ViTMAEEmbeddings", "ViTMAELayer", "ViTMAEDecoder"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, _PurifierOutputConv):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (_PurifierConv, _PurifierConvTranspose)):
+            # The ViT default (N(0, 0.02)) shrinks the signal of a GELU conv stack layer after layer.
+            init.kaiming_normal_(module.weight, nonlinearity="relu")
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        # Any CRoPD checkpoint opens with both Auto classes under trust_remote_code, as it does in-process:
+        # AutoModel gives the purifier, AutoModelForImageClassification the whole chain.
+        if self._auto_class is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{module}.CRoPDModel",
+                "AutoModelForImageClassification": f"{module}.CRoPDForImageClassification",
+            }
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class CRoPDModel(CRoPDPreTrainedModel):
+    """The CRoPD purifier `g`: an auto-encoder at native size.
+
+    Maps `pixel_values` in [0, 1] to an image of the same shape in [0, 1] (the reconstruction) and a pooled
+    latent. With `purifier_architecture="vit"` (the default) it is transformers' own `ViTMAEModel` without masking
+    and a light `ViTMAEDecoder`, so a pre-trained MAE can initialize it; with `"conv"`, a small convolutional
+    auto-encoder (`CRoPDConvAutoEncoder`).
+    """
+
+    # `AutoModel.from_pretrained` on a full CRoPD checkpoint gives the purifier: the head is expected to be left.
+    _keys_to_ignore_on_load_unexpected = [r"^(classifier|feature_norm)\."]
+
+    def __init__(self, config: CRoPDConfig):
+        super().__init__(config)
+        if config.purifier_architecture == "conv":
+            self.autoencoder = CRoPDConvAutoEncoder(config)
+            self.post_init()
+            return
+        vit_config = purifier_vit_mae_config(config)
+        self.encoder = ViTMAEModel(vit_config)
+        self.num_patches = self.encoder.embeddings.patch_embeddings.num_patches
+        self.decoder = ViTMAEDecoder(vit_config, num_patches=self.num_patches)
+        self.post_init()
+        # Explicit, not in _init_weights: transformers dispatches the nested ViTMAEModel's init to its own
+        # _init_weights (which leaves the table at zero), and skips parameter-less custom modules.
+        initialize_vit_mae_embeddings(self)
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> CRoPDPurifierOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+            Images with pixels in [0, 1] at the native size.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
+        # float64 / float16 / bfloat16 pixels: cast (differentiably) to the weights' dtype, not a crash in a conv.
+        pixel_values = pixel_values.to(self.dtype)
+        if self.config.purifier_architecture == "conv":
+            image_logits, tokens = self.autoencoder(pixel_values)
+            pooled = tokens.mean(dim=1)
+        else:
+            noise = _fixed_patch_order(pixel_values.shape[0], self.num_patches, pixel_values.device)
+            encoded = self.encoder(pixel_values=pixel_values, noise=noise, **kwargs)
+            decoded = self.decoder(encoded.last_hidden_state, encoded.ids_restore)
+            # unpatchify only reads patch_size, num_channels and image_size from the config it is given.
+            image_logits = ViTMAEForPreTraining.unpatchify(self.encoder, decoded.logits)
+            tokens = encoded.last_hidden_state
+            pooled = tokens[:, 0] if self.config.purifier_pooling == "cls" else tokens[:, 1:].mean(dim=1)
+        if self.config.purifier_residual_bound is not None:
+            # A bounded correction: no pixel moves by more than β, so g(x) stays a picture of x by construction.
+            bound = self.config.purifier_residual_bound
+            reconstruction = (pixel_values + bound * torch.tanh(image_logits)).clamp(0, 1)
+        elif self.config.purifier_residual:
+            # The decoder predicts a correction in logit space: g starts as the identity, and stays in (0, 1).
+            reconstruction = torch.sigmoid(image_logits + torch.logit(pixel_values, eps=RESIDUAL_LOGIT_EPS))
+        else:
+            reconstruction = torch.sigmoid(image_logits)
+        return CRoPDPurifierOutput(reconstruction=reconstruction, pooled_latent=pooled, last_hidden_state=tokens)
+
+
+class CRoPDForImageClassification(CRoPDPreTrainedModel):
+    """The CRoPD robust classifier `h(f(g(x)))`.
+
+    `g` is the purifier (`CRoPDModel`), `f` the frozen foundation model referenced by
+    `config.foundation_model_name_or_path` (any `AutoModel` vision backbone; for ViT-MAE masking is off and the
+    patch order fixed), `h` a linear head on `f`'s pooled features. Resizing to `f`'s input size and its mean/std
+    normalization happen inside, differentiably, so attacks work on [0, 1] pixels end to end.
+
+    `f` is never trained and never saved: its weights are loaded from the reference on construction and on
+    `from_pretrained`, it stays in eval mode when the model is put in training mode, and a checkpoint holds only
+    `g` and `h`.
+    """
+
+    # f's weights come from its own reference, not from a CRoPD checkpoint.
+    _keys_to_ignore_on_load_missing = [r"^foundation\."]
+
+    def __init__(self, config: CRoPDConfig):
+        super().__init__(config)
+        self.purifier = CRoPDModel(config) if config.use_purifier else None
+        self.foundation = AutoModel.from_config(self._foundation_config())
+        feature_size = _feature_size(self.foundation.config)
+        if config.foundation_pooling == "grid":
+            feature_size *= config.foundation_pooling_grid_size**2
+        self.feature_norm = nn.BatchNorm1d(feature_size, affine=False) if config.head_batch_norm else nn.Identity()
+        self.classifier = nn.Linear(feature_size, config.num_labels)
+        self.post_init()
+        # post_init copies every child's `_keys_to_ignore_on_load_unexpected` into this model: the purifier's
+        # pattern for the head would hide a head in the checkpoint that does not fit this config. Nothing unexpected
+        # is ignored here (from_pretrained refuses it).
+        self._keys_to_ignore_on_load_unexpected = set()
+        if get_torch_context_manager_or_global_device() != torch.device("meta"):
+            self.load_foundation_weights()
+        else:
+            self._freeze_foundation()
+
+    def _foundation_config(self) -> Any:
+        foundation_config = AutoConfig.from_pretrained(
+            self.foundation_location(), revision=self.config.foundation_model_revision
+        )
+        if hasattr(foundation_config, "mask_ratio"):
+            foundation_config.mask_ratio = 0.0
+        return foundation_config
+
+    def foundation_location(self) -> str:
+        """Where `f` is loaded from: `config.foundation_model_name_or_path`, where a path that starts with `./` or
+        `../` is relative to the checkpoint folder (so a checkpoint shipped next to its foundation model loads from
+        any working directory)."""
+        location = self.config.foundation_model_name_or_path
+        checkpoint = self.config.name_or_path
+        if location.startswith(("./", "../")) and checkpoint and os.path.isdir(checkpoint):
+            return os.path.normpath(os.path.join(checkpoint, location))
+        return location
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """transformers' `from_pretrained`, strict: a checkpoint whose `g` / `h` weights do not match the config
+        (a missing or an unexpected key) raises a `ValueError` instead of loading with freshly initialized or dropped
+        weights. `f`'s weights are never in a checkpoint: they are loaded from `config.foundation_model_name_or_path`.
+
+        The one checkpoint allowed to lack weights is a purifier checkpoint (`CRoPDModel.save_pretrained`), which
+        has no head at all: the head is then newly initialized (transformers' load report says so), ready to train.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        _check_loaded_keys(model, loading_info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        model.load_foundation_weights()
+        return (model, loading_info) if output_loading_info else model
+
+    def load_foundation_weights(self) -> None:
+        """(Re)load `f` from `config.foundation_model_name_or_path` at `config.foundation_model_revision`."""
+        reference = self.foundation.config
+        self.foundation = AutoModel.from_pretrained(
+            self.foundation_location(),
+            revision=self.config.foundation_model_revision,
+            config=reference,
+            dtype=self.classifier.weight.dtype,
+        ).to(self.classifier.weight.device)
+        self._freeze_foundation()
+
+    def _freeze_foundation(self) -> None:
+        self.foundation.requires_grad_(False)
+        self.foundation.eval()
+        # Every foundation tensor is left out of save_pretrained; the checkpoint holds g and h only.
+        self._keys_to_ignore_on_save = set(self._keys_to_ignore_on_save or ()) | {
+            f"foundation.{name}" for name in self.foundation.state_dict()
+        }
+
+    def train(self, mode: bool = True) -> "CRoPDForImageClassification":
+        super().train(mode)
+        self.foundation.eval()
+        if getattr(self.foundation, "is_activation_checkpointing", False):
+            # transformers checkpoints a layer only when that layer is in training mode. Only the layers' own flag
+            # follows `mode`: their dropout submodules stay in eval mode, so f computes exactly what it does in eval.
+            for module in self.foundation.modules():
+                if isinstance(module, GradientCheckpointingLayer):
+                    module.training = mode
+        return self
+
+    def purify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`g(x)`: the purified image, same shape, pixels in [0, 1]."""
+        if self.purifier is None:
+            raise ValueError(
+                "This model was built with use_purifier=False (the Identity baseline): it has no purifier."
+            )
+        return self.purifier(pixel_values).reconstruction
+
+    def foundation_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the frozen `f` for images in [0, 1] at native size (resized and normalized here)."""
+        config = self.config
+        images = pixel_values
+        if images.shape[1] != config.foundation_num_channels:
+            images = images.expand(-1, config.foundation_num_channels, -1, -1)
+        if images.shape[-1] != config.foundation_image_size or images.shape[-2] != config.foundation_image_size:
+            size = (config.foundation_image_size, config.foundation_image_size)
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        mean = images.new_tensor(config.foundation_image_mean).view(1, -1, 1, 1)
+        std = images.new_tensor(config.foundation_image_std).view(1, -1, 1, 1)
+        images = (images - mean) / std
+
+        if isinstance(self.foundation, ViTMAEModel):
+            num_patches = self.foundation.embeddings.patch_embeddings.num_patches
+            outputs = self.foundation(
+                pixel_values=images, noise=_fixed_patch_order(len(images), num_patches, images.device)
+            )
+        else:
+            outputs = self.foundation(pixel_values=images)
+        return pool_foundation_outputs(outputs, config.foundation_pooling, config.foundation_pooling_grid_size)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """`h`: logits from the foundation model's pooled features."""
+        return self.classifier(self.feature_norm(features))
+
+    def contrastive_features(
+        self, pixel_values: torch.Tensor, purifier_output: CRoPDPurifierOutput | None = None
+    ) -> torch.Tensor:
+        """`z` of the adversarial contrastive loss, as `config.contrastive_features` says.
+
+        `purifier_output`, when the caller already ran `g` on `pixel_values`, saves running it again.
+        """
+        if self.purifier is None:
+            raise ValueError("The Identity baseline (use_purifier=False) has no purifier to train.")
+        purified = purifier_output if purifier_output is not None else self.purifier(pixel_values)
+        if self.config.contrastive_features == "purifier":
+            return purified.pooled_latent
+        return self.foundation_features(purified.reconstruction)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        purify: bool | None = None,
+        **kwargs: Any,
+    ) -> CRoPDImageClassifierOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+            Images with pixels in [0, 1] at the native size.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices in `[0, num_labels)`; when given, `loss` is the cross-entropy.
+        purify (`bool`, *optional*):
+            Run the purifier; defaults to `config.use_purifier`. `False` gives `h(f(x))`, e.g. to attack the chain
+            without the defence.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
+        # float64 / float16 / bfloat16 pixels: cast (differentiably) to the weights' dtype, not a crash in a conv.
+        pixel_values = pixel_values.to(self.dtype)
+        purify = self.config.use_purifier if purify is None else purify
+        purified = self.purify(pixel_values) if purify else None
+        features = self.foundation_features(purified if purify else pixel_values)
+        logits = self.classify(features)
+        loss = None
+        if labels is not None:
+            _check_labels(labels, len(pixel_values), self.config.num_labels)
+            loss = F.cross_entropy(logits, labels.long())
+        return CRoPDImageClassifierOutput(loss=loss, logits=logits, features=features, purified_pixel_values=purified)
+
+
+_HEAD_PREFIXES = ("classifier.", "feature_norm.")
+
+
+def _check_loaded_keys(model: "CRoPDForImageClassification", loading_info: dict[str, Any], source: Any) -> None:
+    missing, unexpected = set(loading_info["missing_keys"]), set(loading_info["unexpected_keys"])
+    head = {name for name in model.state_dict() if name.startswith(_HEAD_PREFIXES)}
+    purifier_checkpoint = "CRoPDModel" in (model.config.architectures or []) and not unexpected
+    if purifier_checkpoint and missing == head:
+        return
+    if not missing and not unexpected:
+        return
+
+    def listed(keys: set[str]) -> str:
+        return ", ".join(sorted(keys)[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint (they would be randomly initialized): {listed(missing)}")
+    if unexpected:
+        problems.append(f"in the checkpoint but not in the model (they would be dropped): {listed(unexpected)}")
+    raise ValueError(
+        f"The checkpoint {str(source)!r} does not match its config: weights {'; weights '.join(problems)}. "
+        "The architecture fields of config.json (head_batch_norm, use_purifier, purifier_architecture, "
+        "conv_channels, foundation_pooling, ...) must be those the weights were saved with; accepted: a checkpoint "
+        "whose purifier and head weights are exactly those of its config (or a purifier-only checkpoint saved by "
+        "CRoPDModel, whose head is then newly initialized)."
+    )
+
+
+def _feature_size(foundation_config: Any) -> int:
+    if getattr(foundation_config, "hidden_size", None):
+        return foundation_config.hidden_size
+    if getattr(foundation_config, "hidden_sizes", None):
+        return foundation_config.hidden_sizes[-1]
+    raise ValueError(
+        f"Cannot tell the feature size of the foundation model ({type(foundation_config).__name__}): its config has "
+        "neither `hidden_size` nor `hidden_sizes`."
+    )
+
+
+def pool_foundation_outputs(outputs: Any, pooling: str, grid_size: int = 2) -> torch.Tensor:
+    """Pool a foundation model's outputs into one feature vector per image, as `CRoPDConfig.foundation_pooling` and
+    `foundation_pooling_grid_size` describe (ViT outputs: a CLS token then the patch tokens in image order)."""
+    if pooling == "pooler":
+        pooled = getattr(outputs, "pooler_output", None)
+        if pooled is None:
+            raise ValueError(
+                "foundation_pooling='pooler' but the foundation model returns no pooler_output; use 'cls', 'mean' "
+                "or 'grid'."
+            )
+        return pooled.flatten(1)
+    hidden = outputs.last_hidden_state
+    if hidden.ndim == 4:  # convolutional backbones: (batch, channels, height, width)
+        if pooling == "cls":
+            raise ValueError("foundation_pooling='cls' needs a token sequence; this foundation model is convolutional.")
+        feature_map = hidden
+    elif pooling == "cls":
+        return hidden[:, 0]
+    else:
+        patches = hidden[:, 1:]
+        if pooling == "mean":
+            return patches.mean(dim=1)
+        side = math.isqrt(patches.shape[1])
+        if side * side != patches.shape[1]:
+            raise ValueError(
+                f"foundation_pooling='grid' needs a square grid of patch tokens after the CLS token; this foundation "
+                f"model returns {patches.shape[1]} patch tokens. Use 'cls', 'mean' or 'pooler'."
+            )
+        # Patch tokens come in row-major image order (ViT-MAE's patch order is fixed by `_fixed_patch_order`).
+        feature_map = patches.transpose(1, 2).reshape(len(patches), -1, side, side)
+    if pooling == "mean":
+        return feature_map.mean(dim=(2, 3))
+    if min(feature_map.shape[-2:]) < grid_size:
+        raise ValueError(
+            f"foundation_pooling_grid_size={grid_size} is larger than the foundation model's "
+            f"{tuple(feature_map.shape[-2:])} grid of features; use at most {min(feature_map.shape[-2:])}."
+        )
+    return F.adaptive_avg_pool2d(feature_map, grid_size).flatten(1)
+
+
+def _check_labels(labels: Any, batch_size: int, num_labels: int) -> None:
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"labels must be an integer tensor of shape ({batch_size},); got {labels!r:.80}.")
+    if labels.shape != (batch_size,):
+        raise ValueError(
+            f"labels must have shape ({batch_size},), one class index per image; got {tuple(labels.shape)}."
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
+        raise ValueError(
+            f"labels must be class indices in [0, {num_labels}); got values in [{labels.min()}, {labels.max()}]."
+        )
+
+
+__all__ = [
+    "CRoPDForImageClassification",
+    "CRoPDImageClassifierOutput",
+    "CRoPDConvAutoEncoder",
+    "CRoPDModel",
+    "CRoPDPreTrainedModel",
+    "CRoPDPurifierOutput",
+    "initialize_vit_mae_embeddings",
+]
