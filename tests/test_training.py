@@ -40,8 +40,10 @@ def run_file(foundation_folder, tmp_path):
             "decoder_num_hidden_layers": 1,
             "decoder_num_attention_heads": 2,
             "decoder_intermediate_size": 32,
-            **overrides.pop("model", {}),
         }
+        model_overrides = overrides.pop("model", {})
+        # A model section that is not a mapping is passed on as it is: the run file must refuse it.
+        model = {**model, **model_overrides} if isinstance(model_overrides, dict) else model_overrides
         values = {
             "base": str(REPO / "training" / "configs" / "embedded.yaml"),
             "purifier_epochs": 2,
@@ -199,6 +201,12 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(run_file, tmp_path):
         ({"head_training": "robust"}, "head_training"),
         ({"augment_max_shift": -1}, "augment_max_shift"),
         ({"augment_max_shift": 28}, "augment_max_shift"),
+        ({"seed": -1}, "seed"),
+        ({"model": ["conv"]}, "model"),
+        (
+            {"model": {"foundation_model_name_or_path": "training/foundation/missing"}},
+            "model.foundation_model_name_or_path",
+        ),
     ],
 )
 def test_a_bad_run_file_stops_before_any_work_naming_the_key(run_file, tmp_path, overrides, key):
@@ -461,3 +469,16 @@ def test_every_run_file_in_the_repository_resolves_on_a_fresh_clone(run_file_pat
     foundation = run.model.get("foundation_model_name_or_path", "")
     if not foundation.startswith(("facebook/", "google/")):
         assert (REPO / foundation / "config.json").is_file(), foundation
+
+
+def test_an_empty_run_file_and_a_too_large_validation_split_are_refused_naming_what_is_wrong(run_file, tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing but a comment\n")
+    result = run_train("--config", str(empty), "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 2 and "the run file is empty" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    result = run_train("--config", str(run_file(validation_size=5000)), "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "'validation_size'" in result.stderr and "5000" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

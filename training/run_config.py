@@ -17,6 +17,7 @@ from cropd_hf import CRoPDConfig
 from cropd_hf.data import DATASET_NAMES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = CONFIG_DIR / "embedded.yaml"
 
 
@@ -68,6 +69,8 @@ class RunConfig:
 
     def check(self, source: str) -> None:
         """Domain checks on top of the types: each failure names the key and what is accepted."""
+        if not 0 <= self.seed < 2**32:
+            _fail(source, "seed", self.seed, "an integer in [0, 2**32)")
         if self.dataset not in DATASET_NAMES:
             _fail(source, "dataset", self.dataset, f"one of {list(DATASET_NAMES)}")
         for key in ("batch_size", "eval_batch_size", "head_attack_steps"):
@@ -130,11 +133,18 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise RunConfigError(f"{path}: `base:` chain loops back to itself.")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise RunConfigError(f"{path}: not valid YAML ({error}).") from error
+    if values is None:
+        raise RunConfigError(
+            f"{path}: the run file is empty; a run file is a YAML mapping of run keys (dataset, epochs, ...) and a "
+            "`model:` section (see training/configs/embedded.yaml)."
+        )
     if not isinstance(values, dict):
         raise RunConfigError(f"{path}: a run file is a YAML mapping of keys to values; got {type(values).__name__}.")
+    if not isinstance(values.get("model", {}), dict):
+        _fail(str(path), "model", values["model"], "a mapping of CRoPDConfig fields to values", "wrong type")
     base = values.pop("base", None)
     if base is None:
         return values
@@ -143,7 +153,28 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     return {**merged, **values, "model": model}
 
 
+def resolve_local_path(value: str) -> str:
+    """A relative local path as given, from the working directory, else from the repository root (so the run
+    files' `training/...` paths work from any directory); anything else (a Hub id) unchanged."""
+    if Path(value).exists() or Path(value).is_absolute():
+        return value
+    from_repository = REPOSITORY / value
+    return str(from_repository) if from_repository.exists() else value
+
+
 def _check_model_section(source: str, model: dict[str, Any]) -> None:
+    foundation = model.get("foundation_model_name_or_path")
+    if isinstance(foundation, str):
+        model["foundation_model_name_or_path"] = foundation = resolve_local_path(foundation)
+        looks_local = foundation.startswith((".", "/", "~")) or foundation.count("/") != 1
+        if looks_local and not Path(foundation).is_dir():
+            _fail(
+                source,
+                "model.foundation_model_name_or_path",
+                foundation,
+                "a Hub id (org/name) or an existing local folder holding config.json",
+                "no such folder",
+            )
     known = {field.name for field in dataclasses.fields(CRoPDConfig)}
     for key in model:
         if key not in known:

@@ -44,7 +44,7 @@ from cropd_hf.losses import CRoPDTrainingObjective, contrastive_adversarial_exam
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_report  # noqa: E402
-from run_config import DEFAULT_CONFIG, RunConfig, RunConfigError, load_run_config  # noqa: E402
+from run_config import DEFAULT_CONFIG, RunConfig, RunConfigError, load_run_config, resolve_local_path  # noqa: E402
 
 logger = get_logger(__name__)
 # reconstruction: g alone learns to copy x (a warm start); purifier: CRoPD's stage 1; head: stage 2.
@@ -204,7 +204,7 @@ def build_model(run: RunConfig, labels: list[str]) -> CRoPDForImageClassificatio
     )
     model = CRoPDForImageClassification(config)
     if run.purifier_from is not None:
-        load_purifier(model, run.purifier_from)
+        load_purifier(model, resolve_local_path(run.purifier_from))
     return model
 
 
@@ -278,7 +278,10 @@ def train(args: argparse.Namespace) -> None:
             config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()},
         )
 
-    splits = load_image_dataset(run.dataset, seed=run.seed, validation_size=run.validation_size)
+    try:
+        splits = load_image_dataset(run.dataset, seed=run.seed, validation_size=run.validation_size)
+    except ValueError as error:  # a validation split as large as the training set: said with the key
+        raise RunConfigError(f"{args.config}: invalid value for key 'validation_size': {error}") from None
     if run.max_train_samples is not None:
         splits["train"] = splits["train"].select(range(min(run.max_train_samples, len(splits["train"]))))
     model = build_model(run, label_names(splits["train"]))
