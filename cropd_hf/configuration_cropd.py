@@ -232,17 +232,6 @@ class CRoPDConfig(PreTrainedConfig):
     def train_step_size_for(self, steps: int) -> float:
         """Step of a training attack of `steps` steps: `train_step_size`, else 1.25·ε for FGSM with random start
         (Wong et al. 2020) and 2.5·ε/steps for PGD (Madry et al. 2018)."""
-        if self.purifier_residual_bound is not None:
-            _check_real(
-                "purifier_residual_bound",
-                self.purifier_residual_bound,
-                low=0.0,
-                high=1.0,
-                accepted="None or a number in (0, 1] (pixel units)",
-                open_low=True,
-            )
-            if self.purifier_residual:
-                _invalid("purifier_residual", True, "False when purifier_residual_bound is set (one residual form)")
         if self.train_step_size is not None:
             return self.train_step_size
         return 1.25 * self.train_epsilon if steps == 1 else 2.5 * self.train_epsilon / steps
