@@ -389,9 +389,13 @@ def test_the_report_goes_into_the_checkpoints_model_card(checkpoints, reference_
     training_report.add_evaluation(checkpoint, reference_run)
     card = ModelCard.load(checkpoint / "README.md")
     cropd = EvaluationReport.load(reference_run / "eval.json").models[1]
-    worst = {result.metric_args["eps"]: result.metric_value for result in card.data.eval_results}
+    accuracies = [result for result in card.data.eval_results if result.metric_type == "accuracy"]
+    worst = {result.metric_args["eps"]: result.metric_value for result in accuracies}
     assert worst == {0.1: cropd.at(0.1).worst_case_accuracy, 0.05: cropd.at(0.05).worst_case_accuracy}
-    assert all("AutoAttack-style" in result.metric_name for result in card.data.eval_results)
+    assert all("AutoAttack-style" in result.metric_name for result in accuracies)
+    # The purifier's fidelity on the same samples stands beside its robustness in the model-index.
+    (psnr,) = [result for result in card.data.eval_results if result.metric_type == "psnr"]
+    assert psnr.metric_value == round(cropd.fidelity["clean_psnr_db"], 2)
     assert "![robustness_vs_eps.png](eval_robustness_vs_eps.png)" in card.text and "| cropd | " in card.text
     assert (checkpoint / "eval_robustness_vs_eps.png").read_bytes()[:8] == PNG
 

@@ -284,7 +284,8 @@ def test_the_page_attacks_an_example_of_the_shipped_checkpoint_in_headless_chrom
             assert separate, status
         if separate:
             assert space.UNDEFENDED_MODEL_TITLE in page
-            assert re.search(r"Undefended classifier h'\(f\(x\)\), \S+: clean → \S+, attacked → \S+\.", status)
+            # The page's text breaks lines around the folder name: any white space there.
+            assert re.search(r"Undefended classifier h'\(f\(x\)\),\s*\S+\s*: clean → \S+, attacked → \S+\.", status)
         else:
             assert space.head_without_g_title("purifier") in page
             assert "not a real undefended classifier" in status
