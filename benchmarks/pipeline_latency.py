@@ -12,20 +12,27 @@ target is a request under 2 s on CPU.
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space_app"))
 from _common import cropd_config, save_foundation
-from model_loading import EMBEDDED_CHECKPOINT, load_pipeline  # noqa: E402
+from transformers import AutoImageProcessor, AutoModelForImageClassification, Pipeline, pipeline
 
 from cropd_hf import CRoPDForImageClassification, CRoPDImageProcessor
+
+EMBEDDED_CHECKPOINT = Path(__file__).resolve().parents[1] / "training" / "checkpoints" / "embedded"
+
+
+def load_pipeline(model: str) -> Pipeline:
+    """The robust pipeline of a CRoPD checkpoint, built from the model object (no remote code with cropd_hf)."""
+    classifier = AutoModelForImageClassification.from_pretrained(model)
+    return pipeline(
+        "robust-image-classification", model=classifier, image_processor=AutoImageProcessor.from_pretrained(model)
+    )
+
 
 TARGET_SECONDS = 2.0
 

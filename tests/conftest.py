@@ -1,6 +1,8 @@
 """Tiny models built in the test, saved and loaded through real save_pretrained / from_pretrained."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from cropd_hf import CRoPDConfig, initialize_vit_mae_embeddings
 # Nothing in a test may reach a network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The Space's modules import each other as `python space_app/app.py` runs them: from their own folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space_app"))
 
 
 @pytest.fixture(scope="session")

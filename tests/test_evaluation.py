@@ -1,4 +1,4 @@
-"""cropd_hf.evaluation and training/evaluate_robustness.py: suite, worst case, checks, eval.json, resume."""
+"""cropd_hf.evaluation and its command line: suite, worst case, checks, eval.json, resume."""
 
 import dataclasses
 import json
@@ -41,7 +41,6 @@ from cropd_hf.evaluation import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-EVALUATE = REPO / "training" / "evaluate_robustness.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -127,7 +126,12 @@ def _command(checkpoints: dict[str, str], output: Path) -> list[str]:
 
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(EVALUATE), *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "cropd_hf.evaluation", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -377,11 +381,8 @@ def test_command_line_writes_eval_json_markdown_and_plots(checkpoints, reference
 def test_the_report_goes_into_the_checkpoints_model_card(checkpoints, reference_run, tmp_path):
     from huggingface_hub import ModelCard, ModelCardData
 
-    sys.path.insert(0, str(REPO / "training"))
-    try:
-        import report as training_report
-    finally:
-        sys.path.remove(str(REPO / "training"))
+    from cropd_hf.training import report as training_report
+
     checkpoint = tmp_path / "cropd"
     shutil.copytree(checkpoints["cropd"], checkpoint)
     ModelCard.from_template(ModelCardData(library_name="transformers")).save(checkpoint / "README.md")
@@ -403,7 +404,7 @@ def test_the_report_goes_into_the_checkpoints_model_card(checkpoints, reference_
 def test_killed_and_resumed_evaluation_gives_the_same_eval_json(checkpoints, reference_run, tmp_path):
     output = tmp_path / "eval"
     process = subprocess.Popen(
-        [sys.executable, str(EVALUATE), *_command(checkpoints, output)],
+        [sys.executable, "-m", "cropd_hf.evaluation", *_command(checkpoints, output)],
         cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 300
@@ -427,7 +428,7 @@ def test_two_processes_give_the_same_numbers_as_one(checkpoints, reference_run, 
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-        str(EVALUATE), *_command(checkpoints, output),
+        "-m", "cropd_hf.evaluation", *_command(checkpoints, output),
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
 

@@ -43,8 +43,7 @@ from cropd_hf import CRoPDForImageClassification, CRoPDImageProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "space_app"
-sys.path.insert(0, str(SPACE))
-import app as space  # noqa: E402
+import app as space  # noqa: E402  (space_app/ is put on the path by conftest.py, as `python app.py` would)
 import model_loading  # noqa: E402
 
 LABELS = {0: "zero", 1: "one", 2: "two"}
@@ -604,8 +603,7 @@ WITHOUT_PACKAGE = textwrap.dedent(
     import sys
 
     sys.modules["cropd_hf"] = None  # a Space holding only space_app/: the package is not installed
-    space_app, checkpoint, undefended, examples = sys.argv[1:]
-    sys.path.insert(0, space_app)
+    checkpoint, undefended, examples = sys.argv[1:]  # space_app/ is on PYTHONPATH, as for `python app.py`
     import app
     from model_loading import load_pipeline, load_undefended, with_undefended
 
@@ -639,8 +637,13 @@ def test_without_the_package_the_space_runs_the_checkpoints_own_code(checkpoint,
     shutil.copy(example, examples / "digit.png")
     (tmp_path / "script.py").write_text(WITHOUT_PACKAGE)
     completed = subprocess.run(
-        [sys.executable, str(tmp_path / "script.py"), str(SPACE), str(declared), str(undefended), str(examples)],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+        [sys.executable, str(tmp_path / "script.py"), str(declared), str(undefended), str(examples)],
+        env={
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "HF_MODULES_CACHE": str(tmp_path / "modules"),
+            "PYTHONPATH": str(SPACE),
+        },
         capture_output=True,
         text=True,
         timeout=300,

@@ -259,11 +259,8 @@ def test_push_to_hub_refuses_a_foundation_model_that_is_only_a_local_folder(run_
 
 
 def import_train():
-    sys.path.insert(0, str(REPO / "training"))
-    try:
-        import train
-    finally:
-        sys.path.remove(str(REPO / "training"))
+    from cropd_hf.training import train
+
     return train
 
 

@@ -22,7 +22,7 @@ perturbation ``‖x_adv − x‖²`` for each sample's worst-case adversarial im
 Cost: a sample that survives every attack at one ε goes through about 650 forward-backward passes with the
 defaults (APGD-T alone 9 × 50, the sanity checks about 120); a broken sample skips the rest of the APGD cascade.
 
-    accelerate launch training/evaluate_robustness.py --model outputs/embedded outputs/embedded-identity \\
+    accelerate launch -m cropd_hf.evaluation --model outputs/embedded outputs/embedded-identity \\
         --epsilons 0.1 0.05 0.2 0.3 --transfer_from outputs/embedded-identity --output_dir outputs/eval
 
 Models evaluated one at a time (in parallel, or over several sessions) with the same settings share one table:

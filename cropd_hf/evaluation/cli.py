@@ -1,4 +1,4 @@
-"""The command line: ``cropd-eval`` / ``training/evaluate_robustness.py`` evaluates checkpoints, or merges the
+"""The command line: ``cropd-eval`` / ``python -m cropd_hf.evaluation`` evaluates checkpoints, or merges the
 ``eval.json`` of evaluations made separately (``--merge``); ``--help`` prints the package's description."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def _load_checkpoint(name_or_path: str, device: torch.device) -> tuple[nn.Module
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`cropd-eval` / `training/evaluate_robustness.py`: evaluate checkpoints; write eval.json, eval.md, plots."""
+    """`cropd-eval` / `python -m cropd_hf.evaluation`: evaluate checkpoints; write eval.json, eval.md, plots."""
     args = parse_args(argv)
     if args.merge:
         _merge(args.merge, args.output_dir)

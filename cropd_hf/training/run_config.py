@@ -16,8 +16,8 @@ import yaml
 from cropd_hf import CRoPDConfig
 from cropd_hf.data import DATASET_NAMES
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPOSITORY / "training" / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "embedded.yaml"
 
 
