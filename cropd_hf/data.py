@@ -5,6 +5,7 @@ Every dataset comes out with the same two columns, `image` (PIL) and `label` (a 
 came from. `with_pixel_values` adds the model input, `pixel_values` in [0, 1], through the image processor.
 """
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,19 +26,88 @@ HUB_DATASETS: dict[str, dict[str, Any]] = {
 }
 DATASET_NAMES = (EMBEDDED_MNIST, SKLEARN_DIGITS, *HUB_DATASETS)
 
+# The class names of the Hub datasets, as their dataset cards publish them (cifar100's "cra" included), so that a
+# local stand-in (`write_synthetic_hub_dataset`) has exactly the Hub's features without a download.
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# One string per list: 120 names one per line would bury the code (SIM905 prefers a literal).
+CIFAR100_FINE_NAMES = """
+    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle
+    caterpillar cattle chair chimpanzee clock cloud cockroach couch cra crocodile cup dinosaur dolphin elephant
+    flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree
+    motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate
+    poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider
+    squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle
+    wardrobe whale willow_tree wolf woman worm
+""".split()  # noqa: SIM905
+CIFAR100_COARSE_NAMES = """
+    aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices household_furniture
+    insects large_carnivores large_man-made_outdoor_things large_natural_outdoor_scenes large_omnivores_and_herbivores
+    medium_mammals non-insect_invertebrates people reptiles small_mammals trees vehicles_1 vehicles_2
+""".split()  # noqa: SIM905
+# Every Hub dataset here holds 32x32 RGB images.
+HUB_IMAGE_SHAPE = (32, 32, 3)
 
-def load_image_dataset(name: str, seed: int = 0, validation_size: int = 0) -> DatasetDict:
+
+def hub_dataset_features(name: str) -> Features:
+    """The features (columns and their types) of the Hub dataset `name`, one of `HUB_DATASETS`."""
+    if name not in HUB_DATASETS:
+        raise ValueError(f"hub_dataset_features: name={name!r} is invalid; accepted: one of {list(HUB_DATASETS)}.")
+    if name == "cifar10":
+        return Features({"img": Image(), "label": ClassLabel(names=CIFAR10_NAMES)})
+    if name == "cifar100":
+        return Features(
+            {
+                "img": Image(),
+                "fine_label": ClassLabel(names=CIFAR100_FINE_NAMES),
+                "coarse_label": ClassLabel(names=CIFAR100_COARSE_NAMES),
+            }
+        )
+    return Features({"image": Image(), "label": ClassLabel(names=DIGIT_NAMES)})
+
+
+def write_synthetic_hub_dataset(name: str, folder: str | Path, num_train: int, num_test: int, seed: int = 0) -> Path:
+    """Random images and labels with exactly the features of the Hub dataset `name`, written to `folder` as the
+    Hub lays a dataset out (one parquet file per split, `train-00000-of-00001.parquet`, ...).
+
+    `load_image_dataset(name, data_dir=folder)` then reads them through the same `load_dataset` call and column
+    mapping as the Hub copy: a stand-in for dry runs and tests offline. The labels cycle through every class.
+    """
+    features = hub_dataset_features(name)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, size in (("train", num_train), ("test", num_test)):
+        columns: dict[str, list[Any]] = {}
+        for column, feature in features.items():
+            if isinstance(feature, Image):
+                columns[column] = list(rng.integers(0, 256, (size, *HUB_IMAGE_SHAPE), dtype=np.uint8))
+            else:
+                columns[column] = [index % feature.num_classes for index in range(size)]
+        Dataset.from_dict(columns, features=features).to_parquet(folder / f"{split}-00000-of-00001.parquet")
+    return folder
+
+
+def load_image_dataset(
+    name: str, seed: int = 0, validation_size: int = 0, data_dir: str | Path | None = None
+) -> DatasetDict:
     """Load `name` (one of `DATASET_NAMES`) with columns `image` / `label` and splits `train` / `test`.
 
     `validation_size` > 0 holds that many training images out as a `validation` split (seeded), so that choices
-    can be made without touching the test split.
+    can be made without touching the test split. `data_dir`, for a Hub dataset only, is a local copy of it (its
+    parquet files with the Hub's features, e.g. from `write_synthetic_hub_dataset`), loaded instead of the Hub.
     """
+    if data_dir is not None and name not in HUB_DATASETS:
+        raise ValueError(
+            f"data_dir={str(data_dir)!r} is invalid for the dataset {name!r}; accepted: None, or a local copy of one "
+            f"of the Hub datasets {list(HUB_DATASETS)}."
+        )
     if name == EMBEDDED_MNIST:
         splits = _embedded_mnist(seed)
     elif name == SKLEARN_DIGITS:
         splits = _sklearn_digits(seed)
     elif name in HUB_DATASETS:
-        splits = _hub_dataset(**HUB_DATASETS[name])
+        hub = HUB_DATASETS[name]
+        splits = _hub_dataset(**(hub if data_dir is None else {**hub, "path": str(data_dir), "name": None}))
     else:
         raise ValueError(f"Unknown dataset {name!r}; accepted: {list(DATASET_NAMES)}.")
     if validation_size:
@@ -140,9 +210,11 @@ __all__ = [
     "EMBEDDED_MNIST",
     "HUB_DATASETS",
     "SKLEARN_DIGITS",
+    "hub_dataset_features",
     "label_names",
     "load_image_dataset",
     "pixel_tensors",
     "random_shift",
     "with_pixel_values",
+    "write_synthetic_hub_dataset",
 ]

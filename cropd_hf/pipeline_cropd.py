@@ -11,13 +11,16 @@ import numbers
 import os
 from typing import Any
 
+import httpx
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
+from huggingface_hub import is_offline_mode
 from torch import nn
 from transformers import Pipeline, PreTrainedModel
 from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import load_image
 
 from .attacks import FGSM, PGD, Attack
 
@@ -26,6 +29,11 @@ ATTACKS = ("fgsm", "pgd")
 DEFAULT_PGD_STEPS = 10
 # Larger images are refused before they are decoded: the model looks at a few dozen pixels a side anyway.
 MAX_IMAGE_SIDE = 4096
+# Seconds to fetch an image URL (transformers' `load_image`).
+URL_TIMEOUT = 30
+# PIL modes that transformers' `load_image` (which converts to 8-bit RGB) reads without loss: files of other modes
+# (16-bit, 32-bit, float, with transparency) are read as they are, for the image processor's own conversion.
+RGB_SAFE_MODES = ("1", "L", "P", "RGB", "CMYK", "YCbCr", "LAB", "HSV")
 # PGD starts from a random point; a fixed seed per request makes the same request give the same answer.
 ATTACK_SEED = 0
 # What the chain without the purifier is (`undefended_chain` in the output).
@@ -61,12 +69,11 @@ class RobustImageClassificationPipeline(Pipeline):
     Example:
 
     ```python
-    >>> import cropd_hf  # registers the task
     >>> from transformers import pipeline
 
-    >>> robust = pipeline(
-    ...     "robust-image-classification",
+    >>> robust = pipeline(  # the checkpoint declares the pipeline: its own copy of this file runs
     ...     model="training/checkpoints/embedded",
+    ...     trust_remote_code=True,
     ...     undefended_model="training/checkpoints/embedded-undefended",
     ... )
     >>> robust("digit.png", attack="pgd", epsilon=0.1, steps=10)
@@ -197,8 +204,10 @@ class RobustImageClassificationPipeline(Pipeline):
 
         Args:
             inputs (`str`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, or a list of them):
-                A path to an image file, or an image: any PIL mode; an array or tensor `(height, width)`,
-                `(height, width, channels)` or `(channels, height, width)`, uint8 in [0, 255] or float in [0, 1].
+                A path to an image file or an http(s) URL of one (read by transformers' `load_image`; a URL is
+                refused in offline mode, `HF_HUB_OFFLINE=1`), or an image: any PIL mode; an array or tensor
+                `(height, width)`, `(height, width, channels)` or `(channels, height, width)`, uint8 in [0, 255] or
+                float in [0, 1].
                 Grayscale and RGB are converted to the model's channels, and the size to its native size.
             top_k (`int`, *optional*, defaults to 5):
                 How many labels each prediction lists (at most the number of classes).
@@ -258,15 +267,15 @@ class RobustImageClassificationPipeline(Pipeline):
 
     def _pixel_values(self, image: Any, input_data_format: str | None) -> BatchFeature:
         if isinstance(image, (str, os.PathLike)):
-            image = _open_image_file(os.fspath(image))
+            image = _load_image_source(os.fspath(image))
         elif isinstance(image, (np.ndarray, torch.Tensor)):
             _check_array(image)
         elif isinstance(image, PIL.Image.Image):
             _check_size(image.size, f"{image.width} x {image.height} pixels")
         else:
             raise ValueError(
-                f"Unsupported input {type(image).__name__}; accepted: a path to an image file, a PIL image, a numpy "
-                "array, a torch tensor, or a list of them."
+                f"Unsupported input {type(image).__name__}; accepted: a path or http(s) URL of an image file, a PIL "
+                "image, a numpy array, a torch tensor, or a list of them."
             )
         options = {} if input_data_format is None else {"input_data_format": input_data_format}
         model_inputs = self.image_processor(images=image, return_tensors="pt", **options)
@@ -384,22 +393,48 @@ class _Chain(nn.Module):
         return self.model(pixel_values, purify=self.purify)
 
 
-def _open_image_file(path: str) -> PIL.Image.Image:
-    if not os.path.isfile(path):
-        raise ValueError(f"No image file at {path!r}.")
+def _load_image_source(source: str) -> PIL.Image.Image:
+    """An image file, by path or http(s) URL, read through transformers' `load_image`. A file is checked before it
+    is decoded: one PIL recognizes, at most `MAX_IMAGE_SIDE` pixels a side, no decompression bomb."""
+    if source.startswith(("http://", "https://")):
+        return _load_image_url(source)
+    if not os.path.isfile(source):
+        raise ValueError(f"No image file at {source!r}.")
     try:
-        image = PIL.Image.open(path)  # reads the header only: the size is known before decoding
+        image = PIL.Image.open(source)  # reads the header only: the size is known before decoding
     except PIL.Image.DecompressionBombError as error:
-        raise ValueError(f"The image {path!r} is too large ({error}).") from error
+        raise ValueError(f"The image {source!r} is too large ({error}).") from error
     except OSError as error:  # PIL.UnidentifiedImageError among them
-        raise ValueError(f"{path!r} is not an image file that PIL can read.") from error
-    with image:  # exif_transpose returns a copy: the file is closed whatever happens
+        raise ValueError(f"{source!r} is not an image file that PIL can read.") from error
+    with image:  # the decoded image is a copy: the file is closed whatever happens
         _check_size(image.size, f"{image.width} x {image.height} pixels")
         try:
+            if image.mode in RGB_SAFE_MODES and "transparency" not in image.info:
+                return load_image(source)
             image.load()
             return PIL.ImageOps.exif_transpose(image)
         except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt image data
-            raise ValueError(f"{path!r} is not a readable image ({error}).") from error
+            raise ValueError(f"{source!r} is not a readable image ({error}).") from error
+
+
+def _load_image_url(url: str) -> PIL.Image.Image:
+    """An image URL through `load_image`: PIL's decompression-bomb guard applies while it decodes, the side cap
+    right after. Refused in offline mode, which `load_image` itself does not know about."""
+    # The environment is read now too: huggingface_hub reads it once, at import.
+    if is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        raise ValueError(
+            f"No image file at {url!r} can be fetched: offline mode (HF_HUB_OFFLINE=1) allows no network request; "
+            "accepted offline: a path to an image file, a PIL image, a numpy array or a torch tensor."
+        )
+    try:
+        # transformers' loader: fetched with httpx, EXIF orientation applied, converted to 8-bit RGB.
+        image = load_image(url, timeout=URL_TIMEOUT)
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(f"The image at {url!r} is too large ({error}).") from error
+    except (httpx.HTTPError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"{url!r} cannot be read as an image ({type(error).__name__}: {error}).") from error
+    _check_size(image.size, f"{image.width} x {image.height} pixels")
+    return image
 
 
 def _check_array(image: np.ndarray | torch.Tensor) -> None:

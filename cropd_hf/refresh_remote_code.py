@@ -12,7 +12,13 @@ import shutil
 import sys
 from pathlib import Path
 
-REMOTE_CODE = ("configuration_cropd.py", "modeling_cropd.py", "image_processing_cropd.py", "pipeline_cropd.py")
+REMOTE_CODE = (
+    "configuration_cropd.py",
+    "modeling_cropd.py",
+    "image_processing_cropd.py",
+    "pipeline_cropd.py",
+    "attacks.py",  # imported by pipeline_cropd.py
+)
 REQUIRED = REMOTE_CODE[:3]
 
 

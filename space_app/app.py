@@ -1,6 +1,6 @@
 """CRoPD Space: attack one image, white-box, and see what the purifier does.
 
-    python space_app/app.py                                   # the embedded checkpoint, offline
+    python space_app/app.py                                   # the embedded checkpoint: Hub, else its folder
     CROPD_MODEL=org/cropd-cifar10 python space_app/app.py     # any CRoPD checkpoint: Hub id or folder
     python space_app/app.py --model path/to/checkpoint --examples path/to/images --port 7861
 
@@ -9,17 +9,19 @@ against `h(f(g(x)))` (CRoPD). The page shows the clean image, the adversarial im
 perturbation (amplified), the purified image `g(x_adv)` with its PSNR against the clean image, and the three
 predictions.
 
-The classifier without defence: when training/checkpoints/embedded-undefended exists
-(model_loading.UNDEFENDED_CHECKPOINT), the undefended classifier `h'(f(x))` (no purifier, a head trained on clean
-images), loaded once and used for every model with a purifier (it is not a choice of the picker). Otherwise, or where
-it does not match a model (labels, image size, channels), the model's own head without its `g`, `h(f(x))`: that head
-was trained on `f(g(x))`, so it is not a real undefended classifier, and the page says so.
+The classifier without defence: the undefended classifier `h'(f(x))` (no purifier, a head trained on clean images),
+`cropd-hf/cropd-embedded-mnist-undefended` on the Hub or else training/checkpoints/embedded-undefended
+(model_loading.UNDEFENDED_HUB_ID, UNDEFENDED_CHECKPOINT), loaded once and used for every model with a purifier (it is
+not a choice of the picker). Without it, or where it does not match a model (labels, image size, channels), the
+model's own head without its `g`, `h(f(x))`: that head was trained on `f(g(x))`, so it is not a real undefended
+classifier, and the page says so.
 
-Models: by default the checkpoints shipped in training/checkpoints (model_loading.SHIPPED): the CRoPD purifier
-`embedded`, and the robust encoder `embedded-robust-encoder` when that folder exists, the page's picker choosing one
-per request; what each is comes from its model card (the tag `robust-encoder`), not its name. `--model` /
-`CROPD_MODEL` names one checkpoint: one of the shipped ones (folder or Hub id, the Hub id falling back to the folder
-when the Hub cannot serve it) is then the default of the picker, any other the only choice.
+Models: by default the shipped checkpoints by their Hub ids (model_loading.SHIPPED): the CRoPD purifier
+`cropd-hf/cropd-embedded-mnist`, and the robust encoder `cropd-hf/cropd-embedded-mnist-robust-encoder`, the page's
+picker choosing one per request; each falls back to its folder in training/checkpoints when the Hub cannot serve it
+(offline, not published), and stderr says which was loaded. What each is comes from its model card (the tag
+`robust-encoder`), not its name. `--model` / `CROPD_MODEL` names one checkpoint: one of the shipped ones (its Hub id,
+tried on the Hub then in its folder, or its folder) is then the default of the picker, any other the only choice.
 
 Examples: `--examples` / `CROPD_EXAMPLES` is a folder of images or a dataset name known to `cropd_hf.data` (its
 test split); the embedded checkpoint defaults to the embedded MNIST test split. Without the cropd_hf package (a
@@ -433,8 +435,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         default=os.environ.get("CROPD_MODEL") or None,
-        help="CRoPD checkpoint, Hub id or folder (env CROPD_MODEL; default: the checkpoints shipped in "
-        "training/checkpoints, the embedded one first)",
+        help="CRoPD checkpoint, Hub id or folder (env CROPD_MODEL; default: the shipped checkpoints, the embedded "
+        "one first, from the Hub or else from training/checkpoints)",
     )
     parser.add_argument(
         "--examples",
@@ -456,37 +458,40 @@ def shown_name(source: str) -> str:
 
 def model_sources(model: str | None) -> tuple[list[list[str]], bool]:
     """For each model to offer, default first, where to load it from (tried in order); and whether they are the
-    shipped checkpoints (whose examples are the embedded MNIST test split)."""
+    shipped checkpoints (whose examples are the embedded MNIST test split).
+
+    By default, and when `model` is a shipped Hub id, each shipped checkpoint is tried on the Hub first, then in its
+    folder (offline, or not published yet); `model` naming a shipped folder keeps to the folders.
+    """
     shipped: tuple[ShippedCheckpoint, ...] = model_loading.SHIPPED
-    if model is None:
-        return [[str(entry.folder)] for entry in shipped if entry is shipped[0] or entry.folder.is_dir()], True
-    named = [entry for entry in shipped if model == entry.hub_id or Path(model).resolve() == entry.folder.resolve()]
+    named = [
+        entry
+        for entry in shipped
+        if model is None or model == entry.hub_id or Path(model).resolve() == entry.folder.resolve()
+    ]
     if not named:
         return [[model]], False
-    from_hub = model == named[0].hub_id
+    from_hub = model is None or model == named[0].hub_id
     sources = []
     for entry in [named[0], *(entry for entry in shipped if entry is not named[0])]:
-        # A Hub id falls back to its folder when the Hub cannot serve it (offline, not published yet).
         tries = ([entry.hub_id] if from_hub else []) + [str(entry.folder)] * entry.folder.is_dir()
         if entry is named[0] or tries:  # the one named is tried even if absent: its failure is then said
             sources.append(tries or [str(entry.folder)])
     return sources, True
 
 
-def load_undefended_classifier() -> tuple[str, PreTrainedModel] | None:
-    """The undefended classifier (shown name, model) when its folder exists; None otherwise, or when it cannot be
-    loaded (said on stderr: the Space then runs without it)."""
+def load_undefended_classifier(loader: model_loading.SourceLoader) -> tuple[str, PreTrainedModel] | None:
+    """The undefended classifier (shown name, model): from the Hub, else from its folder when that exists; None
+    when neither serves it (said on stderr: the Space then runs without it)."""
     folder = model_loading.UNDEFENDED_CHECKPOINT
-    if not folder.is_dir():
-        return None
-    try:
-        return shown_name(str(folder)), load_undefended(str(folder))
-    except Exception as error:  # a broken checkpoint: the page still works, with the head without g
-        print(
-            f"warning: the undefended classifier {folder} cannot be loaded: {type(error).__name__}: {error}",
-            file=sys.stderr,
-        )
-        return None
+    tries = [model_loading.UNDEFENDED_HUB_ID] + [str(folder)] * folder.is_dir()
+    loaded = loader.first(tries, load_undefended, "undefended classifier")
+    if isinstance(loaded, tuple):
+        source, classifier = loaded
+        return shown_name(source), classifier
+    if folder.is_dir():  # a broken checkpoint: the page still works, with the head without g
+        print(f"warning: the undefended classifier cannot be loaded: {'; '.join(loaded)}", file=sys.stderr)
+    return None
 
 
 def attach_undefended(
@@ -514,36 +519,30 @@ def load_models(model: str | None) -> tuple[list[Model], bool]:
     The undefended classifier, when its folder exists, is loaded once too and is the chain without defence of every
     model with a purifier; it is never a choice of the picker.
     """
-    default = model_loading.SHIPPED[0].folder
-    if (model is None or Path(model).resolve() == default.resolve()) and not default.is_dir():
-        raise StartupError(
-            f"The embedded checkpoint {default} is not there yet: train it with `accelerate launch "
-            "training/train.py --config training/configs/embedded-best-grid-pgd2.yaml` and copy "
-            "outputs/embedded-best-grid-pgd2 there, or point CROPD_MODEL / --model at a CRoPD checkpoint (Hub id or "
-            "folder)."
-        )
     sources, shipped = model_sources(model)
-    undefended = load_undefended_classifier()
+    loader = model_loading.SourceLoader()
+    undefended = load_undefended_classifier(loader)
     models = []
     for index, tries in enumerate(sources):
-        failures = []
-        for source in tries:
-            try:
-                robust = load_pipeline(source)
-            except Exception as error:  # anything from a missing folder to a network failure: said once, clearly
-                failures.append(f"{source}: {type(error).__name__}: {error}")
-                continue
-            for failure in failures:
-                print(f"warning: loaded {source} instead of {failure}", file=sys.stderr)
+        loaded = loader.first(tries, load_pipeline, "model")
+        if isinstance(loaded, tuple):
+            source, robust = loaded
             kind = checkpoint_kind(robust, source)
             robust, undefended_name = attach_undefended(robust, source, undefended)
             models.append(Model(shown_name(source), robust, kind, undefended_name))
-            break
+        elif index == 0:
+            named = f"{model!r} (CROPD_MODEL / --model)" if model else f"{tries[0]!r} (the default)"
+            default = model_loading.SHIPPED[0].folder
+            hint = ""
+            if shipped and not default.is_dir():
+                hint = (
+                    f" The embedded checkpoint's folder {default} is not there either: train it with `accelerate "
+                    "launch training/train.py` and copy its output folder there, or point CROPD_MODEL / --model at "
+                    "a CRoPD checkpoint (Hub id or folder)."
+                )
+            raise StartupError(f"Cannot load the CRoPD model {named}: {'; '.join(loaded)}.{hint}")
         else:
-            if index == 0:
-                named = f"{model!r} (CROPD_MODEL / --model)" if model else f"{tries[0]!r} (the default)"
-                raise StartupError(f"Cannot load the CRoPD model {named}: {'; '.join(failures)}")
-            print(f"warning: not offered, cannot be loaded: {'; '.join(failures)}", file=sys.stderr)
+            print(f"warning: not offered, cannot be loaded: {'; '.join(loaded)}", file=sys.stderr)
     return models, shipped
 
 

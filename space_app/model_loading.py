@@ -1,10 +1,19 @@
-"""Which CRoPD models the Space runs, and how they are loaded (shared with benchmarks/pipeline_latency.py)."""
+"""Which CRoPD models the Space runs, and how they are loaded (shared with benchmarks/pipeline_latency.py).
 
+The default models are named by their Hub ids (`SHIPPED`, `UNDEFENDED_HUB_ID`): a Space holding only this folder
+downloads them. Each falls back to its folder in training/checkpoints when the Hub cannot serve it (a clone of the
+repository offline, or with HF_HUB_OFFLINE=1), and the app says which one it loaded.
+"""
+
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 from huggingface_hub import ModelCard, metadata_load
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Pipeline, PreTrainedModel, pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +50,26 @@ class ShippedCheckpoint:
     hub_id: str
 
 
-# The checkpoints the Space offers by default, the default first. The folders are used offline; the Hub ids when
-# CROPD_MODEL / --model names one of them (a Space holding only space_app/), each falling back to its folder.
+# The Hub ids of the checkpoints the Space runs by default (README.md's `models:` lists them too).
+EMBEDDED_HUB_ID = "cropd-hf/cropd-embedded-mnist"
+ROBUST_ENCODER_HUB_ID = "cropd-hf/cropd-embedded-mnist-robust-encoder"
+UNDEFENDED_HUB_ID = "cropd-hf/cropd-embedded-mnist-undefended"
+# The checkpoints the Space offers by default, the default first: each tried on the Hub, then in its folder.
 SHIPPED = (
-    ShippedCheckpoint(EMBEDDED_CHECKPOINT, "cropd-hf/cropd-embedded-mnist"),
-    ShippedCheckpoint(ROBUST_ENCODER_CHECKPOINT, "cropd-hf/cropd-embedded-mnist-robust-encoder"),
+    ShippedCheckpoint(EMBEDDED_CHECKPOINT, EMBEDDED_HUB_ID),
+    ShippedCheckpoint(ROBUST_ENCODER_CHECKPOINT, ROBUST_ENCODER_HUB_ID),
 )
+
+
+def hub_unreachable(error: BaseException) -> bool:
+    """Whether `error`, raised while loading a Hub id, says that the Hub could not be reached at all (no network,
+    offline mode) rather than that it has no such repository: the other Hub ids are then not tried either."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx.TransportError)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def is_embedded(model: str) -> bool:
@@ -123,3 +146,39 @@ def checkpoint_kind(robust: Pipeline, model: str) -> str:
     except Exception:  # an unreachable Hub, a malformed front matter: the page says it does not know
         return "unknown"
     return "robust-encoder" if ROBUST_ENCODER_TAG in tags else "purifier"
+
+
+def is_hub_id(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).exists()
+
+
+class SourceLoader:
+    """Loads the first source of a list (Hub ids and folders) that works, and says on stderr which one it loaded.
+
+    Once the Hub proves unreachable (no network, or HF_HUB_OFFLINE=1 and the model not in the local cache), the
+    remaining Hub ids are not tried: an offline start costs one failed Hub request at most, not one per model.
+    """
+
+    def __init__(self) -> None:
+        self.hub_down: str | None = None  # why Hub ids are no longer tried
+
+    def first(self, tries: list[str], load: Callable[[str], Any], role: str) -> tuple[str, Any] | list[str]:
+        """(source, loaded object) for the first source of `tries` that loads; else the failures, one per source."""
+        failures = []
+        for source in tries:
+            hub = is_hub_id(source)
+            if hub and self.hub_down:
+                failures.append(f"{source}: {self.hub_down}")
+                continue
+            try:
+                loaded = load(source)
+            except Exception as error:  # anything from a missing folder to a network failure: said once, clearly
+                failures.append(f"{source}: {type(error).__name__}: {error}")
+                if hub and hub_unreachable(error):
+                    self.hub_down = f"not tried: the Hub could not be reached ({type(error).__name__})"
+                continue
+            for failure in failures:
+                print(f"warning: loaded {source} instead of {failure}", file=sys.stderr)
+            print(f"{role}: {source} ({'from the Hub' if hub else 'local folder'})", file=sys.stderr)
+            return source, loaded
+        return failures

@@ -4,15 +4,16 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-from transformers import ViTMAEConfig, ViTMAEModel
-
-from cropd_hf import CRoPDConfig, initialize_vit_mae_embeddings
-
-# Nothing in a test may reach a network.
+# Nothing in a test may reach a network. Set before huggingface_hub is imported: it reads these once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import ViTMAEConfig, ViTMAEModel  # noqa: E402
+
+from cropd_hf import CRoPDConfig, initialize_vit_mae_embeddings  # noqa: E402
+
 # The Space's modules import each other as `python space_app/app.py` runs them: from their own folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space_app"))
 

@@ -66,3 +66,22 @@ def test_conv_purifier_needs_an_image_size_it_can_halve():
         ValueError, match=r"CRoPDConfig.conv_channels=.*divisible by 2 \*\* \(len\(conv_channels\) - 1\) = 8"
     ):
         CRoPDConfig(purifier_architecture="conv", image_size=28, conv_channels=[8, 16, 16, 16])
+
+
+def test_a_field_set_after_construction_is_checked_like_an_argument():
+    config = CRoPDConfig()
+    with pytest.raises(ValueError, match=r"CRoPDConfig\.train_epsilon=2\.0 is invalid; accepted: a number in \[0, 1\]"):
+        config.train_epsilon = 2.0
+    with pytest.raises(ValueError, match=r"CRoPDConfig\.foundation_pooling='max' is invalid; accepted: one of \["):
+        config.foundation_pooling = "max"
+    assert (config.train_epsilon, config.foundation_pooling) == (pytest.approx(8 / 255), "mean")
+    config.layer_norm_eps, config.foundation_image_std = 1, [1, 1, 1]  # integers are numbers
+    assert config.layer_norm_eps == 1
+
+
+def test_save_pretrained_refuses_fields_that_no_longer_fit_together(tmp_path):
+    config = CRoPDConfig()
+    config.patch_size = 5  # a positive integer, but no divisor of image_size
+    with pytest.raises(ValueError, match=r"CRoPDConfig\.patch_size=5 is invalid; accepted: a divisor of image_size=32"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()

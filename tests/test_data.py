@@ -17,6 +17,7 @@ from cropd_hf.data import (
 from cropd_hf.metrics import load_robust_accuracy
 
 
+@pytest.mark.slow
 def test_embedded_mnist_is_shuffled_split_4000_1000_with_every_class():
     splits = load_image_dataset(EMBEDDED_MNIST)
     assert (len(splits["train"]), len(splits["test"])) == (4000, 1000)
@@ -30,6 +31,7 @@ def test_embedded_mnist_is_shuffled_split_4000_1000_with_every_class():
     assert list(load_image_dataset(EMBEDDED_MNIST, seed=1)["test"]["label"]) != list(test_labels)
 
 
+@pytest.mark.slow
 def test_validation_split_is_held_out_of_train():
     splits = load_image_dataset(EMBEDDED_MNIST, validation_size=500)
     assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (3500, 500, 1000)
@@ -75,6 +77,7 @@ def test_hub_datasets_get_image_and_label_columns(monkeypatch):
     assert label_names(splits["test"]) == ["a", "b", "c", "d"]
 
 
+@pytest.mark.slow
 def test_pixel_values_come_from_the_image_processor():
     test = load_image_dataset(EMBEDDED_MNIST)["test"].select(range(6))
     processor = CRoPDImageProcessor(size={"height": 28, "width": 28}, num_channels=1)

@@ -335,6 +335,7 @@ def test_the_sanity_checks_run_their_own_pgd_when_the_suite_has_none():
 # The command line
 
 
+@pytest.mark.slow
 def test_command_line_writes_eval_json_markdown_and_plots(checkpoints, reference_run):
     files = {path.name for path in reference_run.iterdir()}
     assert {"eval.json", "eval.md", "accuracy.png", "robustness_vs_eps.png", "state"} <= files
@@ -378,6 +379,7 @@ def test_command_line_writes_eval_json_markdown_and_plots(checkpoints, reference
     assert "clean PSNR (dB)" in table and f"{fidelity['clean_psnr_db']:.2f}" in table
 
 
+@pytest.mark.slow
 def test_the_report_goes_into_the_checkpoints_model_card(checkpoints, reference_run, tmp_path):
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -401,6 +403,7 @@ def test_the_report_goes_into_the_checkpoints_model_card(checkpoints, reference_
     assert (checkpoint / "eval_robustness_vs_eps.png").read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_evaluation_gives_the_same_eval_json(checkpoints, reference_run, tmp_path):
     output = tmp_path / "eval"
     process = subprocess.Popen(
@@ -423,6 +426,7 @@ def test_killed_and_resumed_evaluation_gives_the_same_eval_json(checkpoints, ref
     assert (output / "eval.json").read_text() == (reference_run / "eval.json").read_text()
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_numbers_as_one(checkpoints, reference_run, tmp_path):
     output = tmp_path / "eval"
     command = [

@@ -130,6 +130,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_trust_remote_code_without_the_package(checkpoint, tmp_path):
     model, folder = checkpoint
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))

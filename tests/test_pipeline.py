@@ -340,6 +340,7 @@ ANY_ARRAY = st.one_of(
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(array=ANY_ARRAY, as_tensor=st.booleans())
+@pytest.mark.slow
 def test_any_array_gets_an_answer_or_a_clear_error(robust, array, as_tensor):
     image = torch.from_numpy(array.copy()) if as_tensor and array.dtype != np.uint16 else array
     try:
@@ -369,6 +370,7 @@ def maybe_valid(valid: st.SearchStrategy) -> st.SearchStrategy:
     top_k=maybe_valid(st.integers(-1, 5)),
     return_images=maybe_valid(st.booleans()),
 )
+@pytest.mark.slow
 def test_any_options_get_an_answer_or_a_clear_error(robust, attack, epsilon, steps, top_k, return_images):
     options = {"attack": attack, "epsilon": epsilon, "steps": steps, "top_k": top_k, "return_images": return_images}
     try:
@@ -543,6 +545,7 @@ def run_without_the_package(tmp_path: Path, *arguments: str) -> tuple[str, dict]
 
 
 @pytest.mark.parametrize("task", ["-", TASK])
+@pytest.mark.slow
 def test_a_checkpoint_saved_with_the_pipeline_runs_it_without_the_package(robust, tmp_path, task):
     folder = tmp_path / "declared"
     robust.save_pretrained(folder)
@@ -564,6 +567,7 @@ def test_a_checkpoint_saved_with_the_pipeline_runs_it_without_the_package(robust
     assert output == json.loads(json.dumps(expected))
 
 
+@pytest.mark.slow
 def test_the_undefended_model_runs_without_the_package_too(robust, tiny_config, tmp_path):
     robust.save_pretrained(tmp_path / "declared")
     tiny_model(tiny_config, seed=1, use_purifier=False).save_pretrained(tmp_path / "undefended")
@@ -588,6 +592,7 @@ def test_a_checkpoint_saved_with_the_pipeline_still_loads_in_process_as_a_model(
     assert reloaded(gray_image(), attack="fgsm") == robust(gray_image(), attack="fgsm")
 
 
+@pytest.mark.slow
 def test_the_latency_benchmark_runs_in_smoke_mode():
     completed = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "pipeline_latency.py"), "--smoke"],

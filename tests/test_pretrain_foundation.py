@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from transformers import AutoModel
 
 from cropd_hf import CRoPDConfig
@@ -10,6 +11,8 @@ from cropd_hf import CRoPDConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
+@pytest.mark.training
 def test_pretraining_saves_a_foundation_model_that_cropd_can_reference(tmp_path):
     output = tmp_path / "foundation"
     command = [
@@ -48,6 +51,7 @@ def test_pretraining_saves_a_foundation_model_that_cropd_can_reference(tmp_path)
     assert len(config.foundation_image_mean) == 1 and 0.05 < config.foundation_image_mean[0] < 0.3
 
 
+@pytest.mark.slow
 def test_a_validation_split_larger_than_the_training_digits_is_refused_clearly():
     command = [sys.executable, str(REPO / "training" / "pretrain_foundation.py"), "--validation_size", "4000"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -5,6 +5,7 @@ reconstruct its input: clean PSNR of g(x) against x >= 20 dB on the first 200 te
 a code for f, not a picture of x) is allowed only when its card says so and states its PSNR. Forward passes only.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from huggingface_hub import ModelCard
 
 from cropd_hf import CRoPDForImageClassification
 from cropd_hf.data import load_image_dataset, pixel_tensors
+from cropd_hf.files import verify_weight_checksums
 from cropd_hf.refresh_remote_code import REMOTE_CODE, REQUIRED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +53,7 @@ def test_the_default_checkpoint_is_shipped_as_a_purifier():
 
 
 @pytest.mark.parametrize("checkpoint", SHIPPED, ids=[path.name for path in SHIPPED])
+@pytest.mark.slow
 def test_a_shipped_purifier_reconstructs_its_input(checkpoint, test_digits):
     psnr = clean_psnr(checkpoint, test_digits)
     tags = ModelCard.load(checkpoint / "README.md").data.tags or []
@@ -78,3 +81,10 @@ def test_the_remote_code_in_a_shipped_checkpoint_is_the_library_s(checkpoint):
             f"{checkpoint.name}/{name} differs from cropd_hf/{name}: "
             f"regenerate it with `python -m cropd_hf.refresh_remote_code {checkpoint.relative_to(REPO)}`"
         )
+
+
+@pytest.mark.parametrize("checkpoint", SHIPPED, ids=[path.name for path in SHIPPED])
+def test_a_shipped_checkpoint_s_weights_are_the_ones_its_metrics_record(checkpoint):
+    recorded = json.loads((checkpoint / "metrics.json").read_text())["weights_sha256"]
+    assert set(recorded) >= {"model.safetensors"}
+    verify_weight_checksums(checkpoint, recorded)

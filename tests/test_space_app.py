@@ -8,6 +8,7 @@ stand-in); left unset, the app runs with its own default.
 """
 
 import base64
+import hashlib
 import io
 import json
 import math
@@ -25,6 +26,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import gradio as gr
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,13 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
     "--window-size=1400,1000",
 ]
+
+
+@pytest.fixture(autouse=True)
+def hub_offline(monkeypatch):
+    """The app's default models are Hub ids: in this process too, the Hub is offline (conftest.py sets
+    HF_HUB_OFFLINE after huggingface_hub has read it), so loading one fails at once, with no network request."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def save_checkpoint(folder: Path, foundation: str, **overrides: object) -> Path:
@@ -155,6 +164,7 @@ def psnr_in_text(text: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.slow
 def test_the_client_gets_three_predictions_the_images_and_the_psnr_for_an_example(server, checkpoint, example):
     client = Client(server, verbose=False)
     # The model is the last input, with the picker's default: a client may leave it out.
@@ -182,6 +192,7 @@ def test_the_client_gets_three_predictions_the_images_and_the_psnr_for_an_exampl
     assert "**FGSM**, ε = 0.1" in named_status
 
 
+@pytest.mark.slow
 def test_bad_requests_are_answered_and_the_app_keeps_serving(server, example, tmp_path):
     client = Client(server, verbose=False)
     (tmp_path / "notes.png").write_text("not an image")  # an image's name, not an image's content
@@ -248,6 +259,8 @@ def displayed_psnr(clean: Image.Image, purified: Image.Image) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_page_attacks_an_example_of_the_shipped_checkpoint_in_headless_chromium(shipped_server):
     browser = chromium()
     try:
@@ -329,6 +342,7 @@ def shipped(monkeypatch, *folders: Path, undefended: Path | None = None) -> None
     monkeypatch.setattr(model_loading, "SHIPPED", entries)
     absent = folders[0].parent / "embedded-undefended-absent"
     monkeypatch.setattr(model_loading, "UNDEFENDED_CHECKPOINT", absent if undefended is None else undefended)
+    monkeypatch.setattr(model_loading, "UNDEFENDED_HUB_ID", "cropd-test/embedded-undefended-not-published")
 
 
 def picker_choices(demo: gr.Blocks) -> list[tuple[str, str]]:
@@ -410,8 +424,9 @@ def test_the_undefended_classifier_is_every_purifier_s_chain_without_defence(
     monkeypatch.setattr(space, "load_undefended", counted)
     models, _ = space.start(Namespace(model=None, examples=str(Path(example).parent)), tmp_path)
 
-    # Loaded once, shared by both models with a g; never a choice of the picker.
-    assert loads == [str(undefended)]
+    # Tried on the (offline) Hub, then loaded once from its folder, shared by both models with a g; never a choice of
+    # the picker.
+    assert loads == ["cropd-test/embedded-undefended-not-published", str(undefended)]
     assert [(model.name, model.kind, model.undefended) for model in models] == [
         (str(purifier), "purifier", str(undefended)),
         (str(encoder), "robust-encoder", str(undefended)),
@@ -485,16 +500,21 @@ def test_a_hub_id_of_a_shipped_checkpoint_falls_back_to_its_folder(checkpoint, t
     shipped(monkeypatch, purifier, encoder)
     loaded = []
 
-    def offline(model: str):  # the Hub unreachable, as in a clone without network
-        loaded.append(model)
-        if model.startswith("cropd-test/"):
-            raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {model}")
-        return model_loading.load_pipeline(model)
+    def not_published(load):  # the Hub answers, but has no such repository
+        def fake(model: str):
+            loaded.append(model)
+            if model.startswith("cropd-test/"):
+                raise OSError(f"{model} is not a local folder and is not a valid model identifier on the Hub")
+            return load(model)
 
-    monkeypatch.setattr(space, "load_pipeline", offline)
+        return fake
+
+    monkeypatch.setattr(space, "load_pipeline", not_published(model_loading.load_pipeline))
+    monkeypatch.setattr(space, "load_undefended", not_published(model_loading.load_undefended))
     models, shipped_ones = space.load_models("cropd-test/embedded-robust-encoder-not-published")
     assert shipped_ones
     assert loaded == [
+        "cropd-test/embedded-undefended-not-published",
         "cropd-test/embedded-robust-encoder-not-published",
         str(encoder),
         "cropd-test/embedded-not-published",
@@ -509,6 +529,85 @@ def test_a_hub_id_of_a_shipped_checkpoint_falls_back_to_its_folder(checkpoint, t
     )
 
 
+def publish(repo_id: str, folder: Path, cache: Path) -> None:
+    """Put `folder` in the Hub cache `cache` as a download of `repo_id` would leave it: the Hub, without a network."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_the_default_models_come_from_the_hub_else_from_their_folders(
+    checkpoint, foundation_folder, tmp_path, monkeypatch, capsys, example
+):
+    root = tmp_path / "checkpoints"
+    purifier = copy_checkpoint(checkpoint, root / "embedded", ["cropd"])
+    encoder = copy_checkpoint(checkpoint, root / "embedded-robust-encoder", ["cropd", "robust-encoder"])
+    undefended = save_checkpoint(tmp_path / "undefended", foundation_folder, use_purifier=False)
+    entries = (
+        model_loading.ShippedCheckpoint(purifier, "cropd-test/embedded"),
+        model_loading.ShippedCheckpoint(encoder, "cropd-test/embedded-robust-encoder"),
+    )
+    monkeypatch.setattr(model_loading, "SHIPPED", entries)
+    monkeypatch.setattr(model_loading, "UNDEFENDED_HUB_ID", "cropd-test/embedded-undefended")
+    monkeypatch.setattr(model_loading, "UNDEFENDED_CHECKPOINT", root / "embedded-undefended")  # no such folder
+    # The purifier as train.py writes it, its foundation model inside (`./foundation`): on the Hub, a subfolder.
+    hub_purifier = copy_checkpoint(checkpoint, tmp_path / "hub" / "embedded", ["cropd"])
+    shutil.copytree(foundation_folder, hub_purifier / "foundation")
+    config = json.loads((hub_purifier / "config.json").read_text())
+    (hub_purifier / "config.json").write_text(json.dumps({**config, "foundation_model_name_or_path": "./foundation"}))
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    # The Hub serves all three: the page runs them, by their Hub ids, each kind read from its card on the Hub.
+    publish("cropd-test/embedded", hub_purifier, cache)
+    publish("cropd-test/embedded-robust-encoder", encoder, cache)
+    hub_undefended = copy_checkpoint(undefended, tmp_path / "hub" / "embedded-undefended", ["undefended"])
+    publish("cropd-test/embedded-undefended", hub_undefended, cache)
+    capsys.readouterr()
+    models, shipped_ones = space.load_models(None)
+    assert shipped_ones
+    assert [(model.name, model.kind, model.undefended) for model in models] == [
+        ("cropd-test/embedded", "purifier", "cropd-test/embedded-undefended"),
+        ("cropd-test/embedded-robust-encoder", "robust-encoder", "cropd-test/embedded-undefended"),
+    ]
+    log = capsys.readouterr().err
+    assert "model: cropd-test/embedded (from the Hub)" in log and "warning" not in log
+    assert "undefended classifier: cropd-test/embedded-undefended (from the Hub)" in log
+    from_hub = models[0].robust.model
+    assert from_hub.foundation_location() == "cropd-test/embedded"  # f from the repository's ./foundation
+    x = pixels_of(example)
+    with torch.no_grad():
+        expected = CRoPDForImageClassification.from_pretrained(purifier)(x).logits
+        torch.testing.assert_close(from_hub(x).logits, expected)
+
+    # The Hub unreachable (an empty cache, offline): one Hub request fails, the other Hub ids are not even tried,
+    # and every model comes from its folder, said on stderr.
+    shutil.rmtree(cache)
+    tried = []
+
+    def spied(load):
+        def spy(model: str):
+            tried.append(model)
+            return load(model)
+
+        return spy
+
+    monkeypatch.setattr(space, "load_pipeline", spied(model_loading.load_pipeline))
+    monkeypatch.setattr(space, "load_undefended", spied(model_loading.load_undefended))
+    models, _ = space.load_models(None)
+    assert tried == ["cropd-test/embedded-undefended", str(purifier), str(encoder)]
+    assert [(model.name, model.kind, model.undefended) for model in models] == [
+        (str(purifier), "purifier", None),
+        (str(encoder), "robust-encoder", None),
+    ]
+    log = capsys.readouterr().err
+    assert f"warning: loaded {purifier} instead of cropd-test/embedded: not tried: the Hub could not be reached" in log
+    assert f"model: {purifier} (local folder)" in log
+
+
+@pytest.mark.slow
 def test_an_unloadable_model_stops_the_app_with_a_clear_message():
     process = run_app("--model", "/nonexistent/cropd-checkpoint", "--port", str(free_port()))
     _, stderr = process.communicate(timeout=120)
@@ -628,6 +727,7 @@ WITHOUT_PACKAGE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_without_the_package_the_space_runs_the_checkpoints_own_code(checkpoint, foundation_folder, example, tmp_path):
     declared = tmp_path / "declared"
     pipeline("robust-image-classification", model=str(checkpoint)).save_pretrained(declared)

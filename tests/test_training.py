@@ -19,6 +19,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import cropd_hf  # noqa: F401  (registers the Auto classes)
 from cropd_hf.data import EMBEDDED_MNIST, load_image_dataset
+from cropd_hf.files import weight_checksums
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "training" / "train.py"
@@ -68,9 +69,12 @@ def run_train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.training
 def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_file, tmp_path):
     output = tmp_path / "out"
-    config = run_file(report_to="tensorboard", model={"foundation_pooling": "grid"})
+    # Two PGD evaluations (the default run file asks for PGD-10 only): each gets its own metric and card entry.
+    config = run_file(report_to="tensorboard", eval_pgd_steps=[10, 20], model={"foundation_pooling": "grid"})
     result = run_train("--config", str(config), "--output_dir", str(output))
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((output / "runs").rglob("events.out.tfevents.*")), "tensorboard logs travel with the model"
@@ -90,7 +94,10 @@ def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_f
     assert metrics["num_samples"] == 24 and metrics["epsilon"] == 0.1
     assert metrics["environment"]["torch"] == torch.__version__ and metrics["environment"]["processes"] == 1
     assert metrics["environment"]["threads_per_process"] >= 1
-    assert f"trained weights checksum: {metrics['trained_weights_checksum']:.10e}" in result.stderr
+    # The sha256 of every weight file as published (the foundation's too), for verifying a copy or an upload.
+    assert set(metrics["weights_sha256"]) == {"model.safetensors", "foundation/model.safetensors"}
+    assert metrics["weights_sha256"] == weight_checksums(output)
+    assert re.search(r"trained weights sha256: [0-9a-f]{64}\n", result.stderr)
     assert metrics["attacks"]["pgd20"] == {
         "name": "PGD",
         "eps": 0.1,
@@ -132,6 +139,8 @@ def test_training_writes_a_loadable_checkpoint_metrics_plot_and_model_card(run_f
 @pytest.mark.parametrize(
     "model", [{"use_purifier": False}, {"contrastive_weight": 0.0}, {"contrastive_features": "purifier"}]
 )
+@pytest.mark.slow
+@pytest.mark.training
 def test_baseline_and_ablation_runs_train(run_file, tmp_path, model):
     output = tmp_path / "out"
     result = run_train("--config", str(run_file(model=model, eval_pgd_steps=[2])), "--output_dir", str(output))
@@ -141,6 +150,8 @@ def test_baseline_and_ablation_runs_train(run_file, tmp_path, model):
     assert (loaded.purifier is not None) == model.get("use_purifier", True)
 
 
+@pytest.mark.slow
+@pytest.mark.training
 def test_two_processes_train_with_synchronized_gradients(run_file, tmp_path):
     output = tmp_path / "out"
     command = [
@@ -150,7 +161,7 @@ def test_two_processes_train_with_synchronized_gradients(run_file, tmp_path):
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    checksums = dict(re.findall(r"\[RANK (\d)\] trained weights checksum: (\S+)", result.stderr))
+    checksums = dict(re.findall(r"\[RANK (\d)\] trained weights sha256: (\S+)", result.stderr))
     # Each rank saw other images; equal weights mean the gradients were averaged across ranks.
     assert set(checksums) == {"0", "1"}
     assert checksums["0"] == checksums["1"]
@@ -159,6 +170,8 @@ def test_two_processes_train_with_synchronized_gradients(run_file, tmp_path):
     assert len(re.findall(r"\] head epoch 1/1", result.stderr)) == 1, "only the main process logs epochs"
 
 
+@pytest.mark.slow
+@pytest.mark.training
 def test_killed_and_resumed_run_ends_with_the_same_weights(run_file, tmp_path):
     # With augmentation: the resumed run must also draw the same shifts (accelerate restores the RNG states).
     config = str(run_file(purifier_epochs=3, head_epochs=2, max_train_samples=1024, augment_max_shift=2))
@@ -209,6 +222,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(run_file, tmp_path):
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_bad_run_file_stops_before_any_work_naming_the_key(run_file, tmp_path, overrides, key):
     output = tmp_path / "out"
     result = run_train("--config", str(run_file(**overrides)), "--output_dir", str(output), timeout=300)
@@ -220,6 +234,8 @@ def test_a_bad_run_file_stops_before_any_work_naming_the_key(run_file, tmp_path,
     assert not output.exists() and not output.with_name("out.work").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.training
 def test_an_existing_output_folder_is_never_half_overwritten(run_file, tmp_path):
     output = tmp_path / "out"
     output.mkdir()
@@ -247,6 +263,7 @@ def test_an_existing_output_folder_is_never_half_overwritten(run_file, tmp_path)
     assert not (output / "keep.txt").exists() and (output / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_push_to_hub_refuses_a_foundation_model_that_is_only_a_local_folder(run_file, tmp_path):
     output = tmp_path / "out"
     result = run_train(
@@ -280,6 +297,8 @@ def test_reproduce_command_names_the_run_file_in_the_repository_the_processes_an
     )
 
 
+@pytest.mark.slow
+@pytest.mark.training
 def test_a_purifier_from_another_run_is_used_unchanged_in_front_of_a_new_head(run_file, tmp_path):
     train = import_train()
     source_file = run_file()
@@ -315,22 +334,28 @@ def test_resume_picks_the_newest_finished_checkpoint(tmp_path):
 
 
 SITECUSTOMIZE = """
-import json, os
+import json, os, types
 import huggingface_hub
 
 def _record(name):
     def method(self, *args, **kwargs):
+        entry = {"call": name, "args": [str(a) for a in args], "kwargs": {k: str(v) for k, v in kwargs.items()}}
+        if "folder_path" in kwargs:  # a temporary folder: what it holds is known only during the call
+            entry["files"] = sorted(os.listdir(kwargs["folder_path"]))
         with open(os.environ["CROPD_TEST_HUB_CALLS"], "a") as log:
-            log.write(json.dumps({"call": name, "args": [str(a) for a in args],
-                                  "kwargs": {k: str(v) for k, v in kwargs.items()}}) + "\\n")
+            log.write(json.dumps(entry) + "\\n")
+        return types.SimpleNamespace(commit_url="https://huggingface.co/org/cropd-tiny/commit/0")
     return method
 
 # No network here: record what would have been sent to the Hub instead of sending it.
+huggingface_hub.HfApi.whoami = lambda self, *args, **kwargs: {"name": "org", "orgs": []}
 huggingface_hub.HfApi.create_repo = _record("create_repo")
 huggingface_hub.HfApi.upload_folder = _record("upload_folder")
 """
 
 
+@pytest.mark.slow
+@pytest.mark.training
 def test_push_to_hub_uploads_the_output_folder_with_a_hub_foundation_model(run_file, foundation_folder, tmp_path):
     # The foundation model as a Hub id, served from a local Hub cache (the real from_pretrained path, offline).
     snapshot = tmp_path / "hub" / "models--org--tiny-vit-mae" / "snapshots" / ("0" * 40)
@@ -357,7 +382,7 @@ def test_push_to_hub_uploads_the_output_folder_with_a_hub_foundation_model(run_f
     recorded = [json.loads(line) for line in calls.read_text().splitlines()]
     assert [call["call"] for call in recorded] == ["create_repo", "upload_folder"]
     assert recorded[1]["kwargs"]["repo_id"] == "org/cropd-tiny"
-    assert recorded[1]["kwargs"]["folder_path"] == str(output)
+    assert recorded[1]["files"] == sorted(os.listdir(output)), "the checked copy of the output folder"
 
     config_json = json.loads((output / "config.json").read_text())
     assert config_json["foundation_model_name_or_path"] == "org/tiny-vit-mae"
@@ -378,6 +403,7 @@ with open({path!r}, "wb") as file:
 """
 
 
+@pytest.mark.slow
 def test_a_checkpoint_folder_with_a_pickle_is_refused_and_never_unpickled(run_file, tmp_path):
     checkpoint = tmp_path / "crafted" / "purifier-epoch-001"
     checkpoint.mkdir(parents=True)
@@ -394,6 +420,8 @@ def test_a_checkpoint_folder_with_a_pickle_is_refused_and_never_unpickled(run_fi
     assert not marker.exists(), "the crafted pickle ran code"
 
 
+@pytest.mark.slow
+@pytest.mark.training
 def test_resume_refuses_a_changed_run_file_unless_allowed_and_records_it(run_file, tmp_path):
     config = run_file(purifier_epochs=1, head_epochs=1, eval_pgd_steps=[1])
     first = tmp_path / "first"
@@ -419,6 +447,7 @@ def test_resume_refuses_a_changed_run_file_unless_allowed_and_records_it(run_fil
     assert metrics["resumed_with_changed_settings"] == ["head_learning_rate", "seed"]
 
 
+@pytest.mark.slow
 def test_a_run_without_a_single_training_step_is_refused(run_file, tmp_path):
     output = tmp_path / "out"
     result = run_train("--config", str(run_file(max_train_samples=10, batch_size=64)), "--output_dir", str(output))
@@ -428,6 +457,7 @@ def test_a_run_without_a_single_training_step_is_refused(run_file, tmp_path):
     assert not re.search(r"(purifier|head) epoch \d", result.stderr)
 
 
+@pytest.mark.slow
 def test_an_unwritable_output_folder_is_refused_before_any_work(run_file, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -438,6 +468,8 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(run_file, tmp_pa
     assert not re.search(r"(purifier|head) epoch \d", result.stderr)
 
 
+@pytest.mark.slow
+@pytest.mark.training
 def test_every_purifier_epoch_logs_the_held_out_psnr_and_a_warning_below_the_floor(run_file, tmp_path):
     output = tmp_path / "out"
     config = run_file(
@@ -468,6 +500,7 @@ def test_every_run_file_in_the_repository_resolves_on_a_fresh_clone(run_file_pat
         assert (REPO / foundation / "config.json").is_file(), foundation
 
 
+@pytest.mark.slow
 def test_an_empty_run_file_and_a_too_large_validation_split_are_refused_naming_what_is_wrong(run_file, tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing but a comment\n")

@@ -2,7 +2,9 @@
 its chain is (AutoAttack-style worst case), one point per run, as a table and a plot.
 
     python training/fidelity_front.py training/results/fidelity-front/*/eval.json \\
+        training/results/ablation-validation/best-grid2-head20-pgd2/eval.json \\
         --checkpoint outputs/best-grid2-head20-pgd2=training/checkpoints/embedded-robust-encoder \\
+        --run_file outputs/best-grid2-head20-pgd2=training/configs/embedded-robust-encoder.yaml \\
         --output docs/fidelity-front
 
 Every point comes from a `cropd-eval` report (eval.json) made with the same settings (checked); a report written
@@ -37,7 +39,7 @@ def measured_psnr(checkpoint: Path, report: EvaluationReport) -> float:
     return purifier_fidelity(model, pixel_tensors(data, processor)[0])["psnr_db"]
 
 
-def front_rows(report: EvaluationReport, checkpoints: dict[str, Path]) -> list[dict]:
+def front_rows(report: EvaluationReport, checkpoints: dict[str, Path], run_files: dict[str, str]) -> list[dict]:
     epsilon = report.settings.reference_epsilon
     rows = []
     for model in report.models:
@@ -47,7 +49,7 @@ def front_rows(report: EvaluationReport, checkpoints: dict[str, Path]) -> list[d
         if psnr is None and model.model in checkpoints:
             psnr = measured_psnr(checkpoints[model.model], report)
         at_epsilon = next((entry for entry in fidelity.get("epsilons", []) if entry["epsilon"] == epsilon), {})
-        run_file = RUN_FILES / f"{name}.yaml"
+        run_file = REPO / run_files[model.model] if model.model in run_files else RUN_FILES / f"{name}.yaml"
         rows.append(
             {
                 "name": name,
@@ -96,11 +98,12 @@ def plot(rows: list[dict], path: Path) -> None:
     axis = figure.subplots()
     points = [row for row in rows if row["psnr_db"] is not None]
     axis.scatter([row["psnr_db"] for row in points], [100 * row["worst_case"] for row in points])
-    for row in points:
-        axis.annotate(row["name"], (row["psnr_db"], 100 * row["worst_case"]), fontsize=6, xytext=(3, 3),
-                      textcoords="offset points")  # fmt: skip
+    for index, row in enumerate(sorted(points, key=lambda row: row["psnr_db"])):
+        # Points a few dB apart sit at the same height: stagger their names upwards so each stays readable.
+        axis.annotate(row["name"], (row["psnr_db"], 100 * row["worst_case"]), fontsize=6,
+                      xytext=(3, 3 + 9 * (index % 4)), textcoords="offset points")  # fmt: skip
     axis.axvline(PURIFIER_FLOOR_DB, color="grey", linestyle="--", linewidth=1)
-    axis.text(PURIFIER_FLOOR_DB + 0.3, 2, "purifier ≥ 20 dB →", fontsize=7, color="grey")
+    axis.text(PURIFIER_FLOOR_DB + 0.3, 94, "purifier ≥ 20 dB →", fontsize=7, color="grey")
     axis.set_xlabel("clean PSNR of g(x) against x (dB)")
     axis.set_ylabel("AutoAttack-style worst case (%)")
     axis.set_ylim(0, 100)
@@ -116,17 +119,22 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpoint", action="append", default=[], help="MODEL=FOLDER: where to measure the PSNR of a report "
         "written without fidelity figures"
     )  # fmt: skip
+    parser.add_argument(
+        "--run_file", action="append", default=[], help="MODEL=RUN_FILE: the run file of a model trained outside "
+        "training/configs/fidelity/"
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "fidelity-front", help="prefix of .md/.png")
     args = parser.parse_args(argv)
     files = [path / "eval.json" if path.is_dir() else path for path in args.reports]
     try:
         report = merge_reports([EvaluationReport.load(path) for path in files])
         checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
+        run_files = dict(item.split("=", 1) for item in args.run_file)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     torch.set_grad_enabled(False)
-    rows = front_rows(report, {name: Path(folder) for name, folder in checkpoints.items()})
+    rows = front_rows(report, {name: Path(folder) for name, folder in checkpoints.items()}, run_files)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".md").write_text(markdown(rows, report))
     args.output.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -27,7 +27,7 @@ from .report import (
     print_sanity_report,
     write_outputs,
 )
-from .runner import _fingerprint, evaluate_model
+from .runner import ResumeStateError, _fingerprint, evaluate_model
 from .settings import ATTACK_NAMES, EvaluationSettings
 
 
@@ -181,16 +181,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         started = time.monotonic()
         model, processor = _load_checkpoint(name, accelerator.device)
         key = _fingerprint(settings.to_dict(), name, model, processor.to_dict(), transfer)
-        result = evaluate_model(
-            model,
-            with_pixel_values(data, processor),
-            settings,
-            accelerator=accelerator,
-            transfer_model=transfer,
-            state_dir=args.output_dir / "state" / f"{_short_name(name)}-{key}",
-            resume=args.resume,
-            model_name=name,
-        )
+        try:
+            result = evaluate_model(
+                model,
+                with_pixel_values(data, processor),
+                settings,
+                accelerator=accelerator,
+                transfer_model=transfer,
+                state_dir=args.output_dir / "state" / f"{_short_name(name)}-{key}",
+                resume=args.resume,
+                model_name=name,
+            )
+        except ResumeStateError as error:
+            if accelerator.is_main_process:
+                print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         results.append(result)
         fidelity = fidelity_summary(result)
         accelerator.print(

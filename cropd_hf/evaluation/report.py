@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._util import _jsonable, _write_atomically
+from ..files import write_text_atomically
+from ._util import _jsonable
 from .results import AttackResult, EpsilonResult, ModelResult, SanityCheck
 from .settings import CONVENTION, EvaluationSettings
 
@@ -56,7 +57,7 @@ class EvaluationReport:
         return cls(EvaluationSettings.from_dict(values["settings"]), models, values["convention"])
 
     def save(self, path: str | os.PathLike) -> None:
-        _write_atomically(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        write_text_atomically(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EvaluationReport:
@@ -248,7 +249,7 @@ def write_outputs(report: EvaluationReport, output_dir: str | os.PathLike) -> li
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report.save(output_dir / "eval.json")
-    _write_atomically(output_dir / "eval.md", markdown_report(report))
+    write_text_atomically(output_dir / "eval.md", markdown_report(report))
     plot_accuracies(report, output_dir / "accuracy.png")
     written = [output_dir / name for name in ("eval.json", "eval.md", "accuracy.png")]
     if len(report.settings.epsilons) > 1:

@@ -18,11 +18,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import _as_tensor, _eval_mode
-from ._util import _write_atomically
+from ..files import write_text_atomically
 from .fidelity import CLEAN_KEY, WorstCaseImages, fidelity_keys, has_purifier, per_sample_mse
 from .results import ModelResult
 from .sanity import summarize
 from .settings import NOT_ATTACKED, EvaluationSettings, _Chain, _epsilon_key, _plan
+
+
+class ResumeStateError(ValueError):
+    """A batch saved for resuming cannot be used (truncated, corrupt or not from this evaluation)."""
 
 
 def input_gradient_health(model: Callable[[Tensor], Any], images: Tensor, labels: Tensor) -> Tensor:
@@ -171,10 +175,16 @@ def evaluate_model(
             if not resume:
                 shutil.rmtree(state, ignore_errors=True)
             state.mkdir(parents=True, exist_ok=True)
-            finished = _load_finished(state, batches, expected)
-            if resume:
-                print(f"{model_name}: resumed {len(finished)} of {len(batches)} finished batches from {state}")
+            try:
+                finished = _load_finished(state, batches, expected)
+            except ResumeStateError as error:
+                finished = error  # broadcast, so that every process stops with it instead of waiting for the main one
+            else:
+                if resume:
+                    print(f"{model_name}: resumed {len(finished)} of {len(batches)} finished batches from {state}")
         finished = _broadcast(finished, world)
+        if isinstance(finished, ResumeStateError):
+            raise finished
         pending = [index for index in range(len(batches)) if index not in finished]
         mine: dict[int, dict[str, list[Any]]] = {}
         bar = tqdm(pending[rank::world], desc=model_name, disable=not is_main, unit="batch", leave=False)
@@ -192,7 +202,7 @@ def evaluate_model(
                 purify=purify,
             )
             if state is not None:
-                _write_atomically(state / f"batch-{index:05d}.json", json.dumps({"batch": index, **mine[index]}))
+                write_text_atomically(state / f"batch-{index:05d}.json", json.dumps({"batch": index, **mine[index]}))
     everything = {**finished, **_gather(mine, world)}
     records = {
         key: [value for index in sorted(everything) for value in everything[index][key]] for key in everything[0]
@@ -209,15 +219,13 @@ def _num_classes(model: Callable[[Tensor], Any], probe: Tensor) -> int:
 
 
 def _load_finished(state: Path, batches: list[tuple[int, int]], expected: set[str]) -> dict[int, dict[str, list[Any]]]:
-    """The saved batches that hold every record of ``expected``; the others are left to compute again."""
+    """The saved batches that hold every record of ``expected``; the others are left to compute again. A file that
+    is not a saved batch of this evaluation raises ``ResumeStateError``."""
     finished = {}
     for index, (start, stop) in enumerate(batches):
         path = state / f"batch-{index:05d}.json"
         if path.is_file():
-            record = json.loads(path.read_text())
-            record.pop("batch")
-            if len(record["labels"]) != stop - start:
-                raise ValueError(f"{path} holds {len(record['labels'])} samples, expected {stop - start}")
+            record = _read_batch(path, index, stop - start)
             missing = sorted(expected - set(record))
             if missing:
                 shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -225,6 +233,27 @@ def _load_finished(state: Path, batches: list[tuple[int, int]], expected: set[st
                 continue
             finished[index] = record
     return finished
+
+
+def _read_batch(path: Path, index: int, size: int) -> dict[str, list[Any]]:
+    """The records of batch ``index`` (``size`` samples) saved in ``path``, without its ``batch`` field."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _damaged(path, f"cannot be read ({error})") from None
+    if not isinstance(record, dict) or record.pop("batch", None) != index:
+        raise _damaged(path, f'is not the saved batch {index} (a JSON object with "batch": {index})')
+    wrong = sorted(key for key, value in record.items() if not isinstance(value, list) or len(value) != size)
+    if wrong:
+        raise _damaged(path, f"holds records ({', '.join(wrong[:3])}) that are not lists of the batch's {size} samples")
+    return record
+
+
+def _damaged(path: Path, problem: str) -> ResumeStateError:
+    return ResumeStateError(
+        f"{path} {problem}: the state of the evaluation being resumed is damaged. Delete that file (its batch is then "
+        f"computed again) or the folder {path.parent} (to start this evaluation over), or run without --resume."
+    )
 
 
 def _broadcast(value: Any, world: int) -> Any:

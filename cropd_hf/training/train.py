@@ -3,6 +3,7 @@
     accelerate launch training/train.py                                   # the embedded default
     accelerate launch training/train.py --config training/configs/embedded-robust-encoder.yaml
     accelerate launch training/train.py --resume_from_checkpoint latest   # after an interruption
+    accelerate launch training/train.py --config training/configs/cifar10-vit-mae-large.yaml --dry_run  # offline
 
 Stage 1 trains the purifier g with ||g(x) - x||² + λ·L_con(z(x), z(x_adv)), x_adv = FGSM with random start on
 L_con (PGD with model.train_attack_steps > 1). Stage 2 freezes g and trains the head h on f(g(x)), on clean or
@@ -15,6 +16,7 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -26,7 +28,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
-from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -40,11 +41,27 @@ from cropd_hf import (
 from cropd_hf.attacks import FGSM, PGD
 from cropd_hf.data import label_names, load_image_dataset, pixel_tensors, random_shift, with_pixel_values
 from cropd_hf.evaluation import EvaluationSettings, evaluate_model, purifier_fidelity, quick_suite_settings
+from cropd_hf.files import (
+    InterruptedReplaceError,
+    check_no_interrupted_replace,
+    replace_folder,
+    tensors_sha256,
+    weight_checksums,
+)
 from cropd_hf.losses import CRoPDTrainingObjective, contrastive_adversarial_examples
-from cropd_hf.training.report import write_report
+from cropd_hf.training.checkpoints import (
+    STAGES,
+    TrainingProgress,
+    check_checkpoint_files,
+    latest_checkpoint,
+    save_checkpoint,
+)
+from cropd_hf.training.dry_run import DryRun, dry_run_settings
+from cropd_hf.training.frozen_state import leave_frozen_foundation_out
+from cropd_hf.training.push import PushError, check_hub_access, push_checkpoint
+from cropd_hf.training.report import reproduce_command, write_report
 from cropd_hf.training.run_config import (
     DEFAULT_CONFIG,
-    REPOSITORY,
     RunConfig,
     RunConfigError,
     load_run_config,
@@ -52,12 +69,16 @@ from cropd_hf.training.run_config import (
 )
 
 logger = get_logger(__name__)
-# reconstruction: g alone learns to copy x (a warm start); purifier: CRoPD's stage 1; head: stage 2.
-STAGES = ("reconstruction", "purifier", "head")
 # Where a local foundation model is copied inside a checkpoint.
 FOUNDATION_SUBFOLDER = "foundation"
 # Held-out digits on which g's PSNR is logged after every purifier epoch.
 FIDELITY_SAMPLES = 500
+
+
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}; accepted: an integer >= 1")
+    return int(value)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,75 +95,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="resume even though the run file changed since the checkpoint (recorded in metrics.json and the card)",
     )
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep the per-epoch states after success")
-    parser.add_argument("--push_to_hub", action="store_true", help="upload the output folder to the Hub")
+    parser.add_argument(
+        "--gradient_accumulation_steps",
+        type=positive_int,
+        default=None,
+        help="one optimizer step every N batches (accelerate's accumulate); default: the environment's "
+        "ACCELERATE_GRADIENT_ACCUMULATION_STEPS, else 1",
+    )
+    parser.add_argument(
+        "--push_to_hub", action="store_true", help="upload the output folder to the Hub, as cropd-push does"
+    )
     parser.add_argument("--hub_model_id", help="org/name of the Hub repository for --push_to_hub")
+    parser.add_argument("--private", action="store_true", help="with --push_to_hub: create the repository private")
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="the run's code path offline in a minute: random scaled-down foundation model, synthetic data, a few "
+        "steps (cropd_hf/training/dry_run.py); the output folder, metrics and card say so",
+    )
     return parser.parse_args(argv)
-
-
-class TrainingProgress:
-    """Which stage and epoch the run has finished, and the settings it runs with; stored as JSON next to
-    accelerate's state (never as a pickle, which would run code on resume)."""
-
-    FILE = "training_progress.json"
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.epochs_done = dict.fromkeys(STAGES, 0)
-        self.settings = settings
-
-    def save(self, folder: Path) -> None:
-        state = {"epochs_done": self.epochs_done, "settings": self.settings}
-        (folder / self.FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-
-    def load(self, folder: Path, allow_changed_settings: bool) -> list[str]:
-        """Restore the counters from `folder`; the settings that differ from the saved ones are returned, and
-        refused unless `allow_changed_settings`."""
-        path = folder / self.FILE
-        try:
-            state = json.loads(path.read_text())
-            epochs_done = {stage: int(state["epochs_done"][stage]) for stage in STAGES}
-            saved = dict(state["settings"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise RunConfigError(
-                f"--resume_from_checkpoint {folder}: {path.name} is missing or unreadable ({error}); it is not a "
-                "checkpoint written by this train.py. Start the run again without --resume_from_checkpoint."
-            ) from None
-        changed = sorted(key for key in {*saved, *self.settings} if saved.get(key) != self.settings.get(key))
-        if changed and not allow_changed_settings:
-            differences = "; ".join(f"{key}: {saved.get(key)!r} -> {self.settings.get(key)!r}" for key in changed)
-            raise RunConfigError(
-                f"--resume_from_checkpoint {folder}: the run file changed since that checkpoint ({differences}). "
-                "Resume with the same settings, or pass --allow_changed_settings to continue anyway (recorded "
-                "in metrics.json and the model card)."
-            )
-        self.epochs_done = epochs_done
-        return changed
-
-
-def check_checkpoint_files(folder: Path) -> None:
-    """Refuse a checkpoint folder with anything that accelerate would unpickle without restrictions."""
-    if not folder.is_dir():
-        raise RunConfigError(f"--resume_from_checkpoint {folder}: no such checkpoint folder.")
-    # accelerate loads custom_checkpoint_*.pkl with weights_only=False; this script never writes one.
-    unsafe = sorted(path.name for path in folder.iterdir() if path.name.startswith("custom_checkpoint_"))
-    if unsafe:
-        raise RunConfigError(
-            f"--resume_from_checkpoint {folder}: refused, it holds {', '.join(unsafe)}, a pickle that would run "
-            "code when loaded. This train.py never writes such a file; do not resume from a folder you did not make."
-        )
-
-
-def reproduce_command(config: Path, cpu_threads: int, num_processes: int = 1) -> str:
-    """The command that trains this run again: the run file relative to the repository when it lies inside, the
-    process count and the CPU thread count (1 on a GPU), which change float rounding and so the trained weights."""
-    config = config.resolve()
-    shown = config.relative_to(REPOSITORY) if config.is_relative_to(REPOSITORY) else config
-    launcher = "accelerate launch"
-    if num_processes > 1:
-        launcher += f" --multi_gpu --num_processes {num_processes} --num_machines 1"
-        launcher += " --mixed_precision no --dynamo_backend no"
-    if cpu_threads > 1:
-        launcher += f" --num_cpu_threads_per_process {cpu_threads}"
-    return f"{launcher} training/train.py --config {shown.as_posix()}"
 
 
 def resolve_paths(args: argparse.Namespace, run: RunConfig) -> tuple[Path, Path]:
@@ -158,10 +129,16 @@ def check_before_work(args: argparse.Namespace, run: RunConfig, output_dir: Path
             f"{output_dir} exists; pass --overwrite_output_dir to replace it (it is replaced only once the new "
             "run has finished), or choose another --output_dir."
         )
+    try:
+        check_no_interrupted_replace(output_dir)
+    except InterruptedReplaceError as error:
+        staging = work_dir / "output"  # the finished output that run was moving into place
+        taken = f" Or take the output that run had finished: `mv {staging} {output_dir}`." if staging.is_dir() else ""
+        raise RunConfigError(f"{error}{taken}") from None
     check_writable(work_dir, "the run's working folder (checkpoints, the output being built)")
     check_writable(output_dir.parent, "the folder the output folder goes into")
     if args.push_to_hub:
-        if not args.hub_model_id or args.hub_model_id.count("/") != 1:
+        if not args.hub_model_id:
             raise RunConfigError("--push_to_hub needs --hub_model_id org/name.")
         foundation = run.model.get("foundation_model_name_or_path", CRoPDConfig().foundation_model_name_or_path)
         if os.path.isdir(foundation):
@@ -170,6 +147,10 @@ def check_before_work(args: argparse.Namespace, run: RunConfig, output_dir: Path
                 "who downloads this checkpoint could load. Upload the foundation model to the Hub first and set "
                 "model.foundation_model_name_or_path (and foundation_model_revision) to its id."
             )
+        try:  # the login and the repository id, before hours of training rather than after
+            check_hub_access(args.hub_model_id)
+        except PushError as error:
+            raise RunConfigError(f"--push_to_hub refused: {error}") from None
 
 
 def check_writable(folder: Path, role: str) -> None:
@@ -231,36 +212,14 @@ def load_purifier(model: CRoPDForImageClassification, source: str) -> None:
         ) from error
 
 
-def latest_checkpoint(work_dir: Path) -> Path:
-    # A `.partial` folder is a save that a kill interrupted: never resume from it.
-    finished = [path for path in (work_dir / "checkpoints").glob("*-epoch-*") if path.suffix != ".partial"]
-    checkpoints = sorted(finished, key=lambda path: (STAGES.index(path.name.split("-")[0]), path.name))
-    if not checkpoints:
-        raise RunConfigError(f"--resume_from_checkpoint latest: no checkpoint under {work_dir / 'checkpoints'}.")
-    return checkpoints[-1]
-
-
-def save_checkpoint(
-    accelerator: Accelerator, work_dir: Path, stage: str, epoch: int, progress: TrainingProgress
-) -> None:
-    # Written under a temporary name and renamed, so a kill never leaves a half checkpoint behind.
-    final = work_dir / "checkpoints" / f"{stage}-epoch-{epoch:03d}"
-    partial = final.with_name(final.name + ".partial")
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        progress.save(partial)
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-    accelerator.wait_for_everyone()
-
-
 def make_optimizer(parameters: Any, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(list(parameters), lr=learning_rate, weight_decay=weight_decay)
 
 
 def train(args: argparse.Namespace) -> None:
     run = load_run_config(args.config)
+    if args.dry_run:
+        run = dry_run_settings(run, args)
     output_dir, work_dir = resolve_paths(args, run)
     check_before_work(args, run, output_dir, work_dir)
 
@@ -271,6 +230,8 @@ def train(args: argparse.Namespace) -> None:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # Each stage trains one part of the model; DDP must not wait for the other part's gradients.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # `accelerate launch --gradient_accumulation_steps` sets this only for DeepSpeed: train.py takes its own.
+        gradient_accumulation_steps=args.gradient_accumulation_steps or 1,
     )
     set_seed(run.seed)
     if run.report_to != "none":
@@ -282,8 +243,10 @@ def train(args: argparse.Namespace) -> None:
             config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()},
         )
 
+    dry_run = DryRun.prepare(run, work_dir, accelerator) if args.dry_run else None
     try:
-        splits = load_image_dataset(run.dataset, seed=run.seed, validation_size=run.validation_size)
+        data_dir = dry_run.data_dir if dry_run else None
+        splits = load_image_dataset(run.dataset, seed=run.seed, validation_size=run.validation_size, data_dir=data_dir)
     except ValueError as error:  # a validation split as large as the training set: said with the key
         raise RunConfigError(f"{args.config}: invalid value for key 'validation_size': {error}") from None
     if run.max_train_samples is not None:
@@ -310,9 +273,10 @@ def train(args: argparse.Namespace) -> None:
             ("purifier", run.purifier_learning_rate),
         ):
             optimizers[stage] = make_optimizer(model.purifier.parameters(), learning_rate, run.purifier_weight_decay)
-    # Counted on the whole loader: accelerate steps a prepared scheduler once per process per optimizer step.
-    steps_per_epoch = len(train_loader)
-    check_steps_per_epoch(steps_per_epoch, len(splits["train"]), run)
+    # Counted on the whole loader: accelerate steps a prepared scheduler once per process per optimizer step, and
+    # there is one optimizer step per gradient_accumulation_steps batches (and one at the end of each epoch).
+    check_steps_per_epoch(len(train_loader), len(splits["train"]), run)
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     schedulers = {
         stage: get_cosine_schedule_with_warmup(
             optimizers[stage],
@@ -327,7 +291,17 @@ def train(args: argparse.Namespace) -> None:
     )
     optimizers = dict(zip(stages, prepared[: len(stages)], strict=True))
     schedulers = dict(zip(stages, prepared[len(stages) :], strict=True))
-    progress = TrainingProgress(resolved_settings(run))
+    left_out, saved = leave_frozen_foundation_out(accelerator, objective, model.foundation)
+    logger.info(
+        f"per-epoch states leave out the frozen foundation model f ({left_out} of {left_out + saved} tensors): it "
+        f"never changes and is loaded again from {model.foundation_location()} on resume",
+        main_process_only=True,
+    )
+    precision = {
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+    }
+    progress = TrainingProgress({**resolved_settings(run), **precision})
     changed_settings: list[str] = []
     if args.resume_from_checkpoint:
         checkpoint = (
@@ -368,11 +342,16 @@ def train(args: argparse.Namespace) -> None:
             save_checkpoint(accelerator, work_dir, stage, epoch + 1, progress)
 
     unwrapped.eval()
-    weights_checksum = checksum(unwrapped)
-    logger.info(f"trained weights checksum: {weights_checksum:.10e}", main_process_only=False)
+    # Logged by every process: equal digests mean the gradients were synchronized.
+    trained = {name: p for name, p in unwrapped.named_parameters() if not name.startswith("foundation")}
+    logger.info(f"trained weights sha256: {tensors_sha256(trained)}", main_process_only=False)
     results = evaluate_trained_model(accelerator, unwrapped, splits[run.eval_split], processor, run)
-    results["trained_weights_checksum"] = weights_checksum
     results["environment"] = run_environment(accelerator)
+    results["training"] = {
+        **precision,
+        "num_processes": accelerator.num_processes,
+        "effective_batch_size": run.batch_size * accelerator.num_processes * accelerator.gradient_accumulation_steps,
+    }
     results["purifier_fidelity_per_epoch"] = fidelity_log
     if changed_settings:
         results["resumed_with_changed_settings"] = changed_settings
@@ -381,15 +360,13 @@ def train(args: argparse.Namespace) -> None:
         staging = work_dir / "output"
         shutil.rmtree(staging, ignore_errors=True)
         embed_local_foundation(unwrapped, staging)
-        if args.push_to_hub:
-            # On the Hub the checkpoint also declares its pipeline, for trust_remote_code=True without cropd_hf
-            # (transformers then asks for trust_remote_code for that pipeline even where cropd_hf is installed).
-            RobustImageClassificationPipeline(
-                model=unwrapped, image_processor=processor, device=unwrapped.device
-            ).save_pretrained(staging)
-        else:
-            unwrapped.save_pretrained(staging)
-            processor.save_pretrained(staging)
+        # The checkpoint declares its pipeline, for pipeline(model=..., trust_remote_code=True) without cropd_hf
+        # (transformers then asks for trust_remote_code for that pipeline even where cropd_hf is installed).
+        RobustImageClassificationPipeline(
+            model=unwrapped, image_processor=processor, device=unwrapped.device
+        ).save_pretrained(staging)
+        # What `--push_to_hub` / `cropd-push` verify before uploading: every weight file, the foundation's too.
+        results["weights_sha256"] = weight_checksums(staging)
         write_report(
             staging,
             unwrapped.config,
@@ -400,17 +377,27 @@ def train(args: argparse.Namespace) -> None:
                 args.config,
                 cpu_threads=torch.get_num_threads() if accelerator.device.type == "cpu" else 1,
                 num_processes=accelerator.num_processes,
+                mixed_precision=accelerator.mixed_precision,
+                gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
             ),
         )
+        if dry_run:
+            dry_run.mark(staging)
         if (work_dir / args.config.stem).is_dir():  # tensorboard logs belong with the model
             shutil.copytree(work_dir / args.config.stem, staging / "runs")
-        publish(staging, output_dir)
+        replace_folder(staging, output_dir)
         if not args.keep_checkpoints:
             shutil.rmtree(work_dir)
         accuracies = {name: results[name] for name in ("clean", *results["attacks"])}
         accelerator.print(f"accuracy at ε = {run.eval_epsilon}: {format_metrics(accuracies)}; saved to {output_dir}")
         if args.push_to_hub:
-            push_to_hub(output_dir, args.hub_model_id)
+            try:
+                push_checkpoint(output_dir, args.hub_model_id, private=args.private)
+            except PushError as error:  # the trained output stays where it is: say how to push it again
+                raise RunConfigError(
+                    f"{error}\nThe trained model is saved in {output_dir}; push it with `cropd-push {output_dir} "
+                    f"--repo_id {args.hub_model_id}{' --private' * args.private}`."
+                ) from None
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -432,16 +419,22 @@ def train_one_epoch(
     for batch in bar:
         pixel_values, labels = random_shift(batch["pixel_values"], run.augment_max_shift), batch["labels"]
         adversarial = make_training_attack(model, pixel_values, labels, run, stage)
+        if stage == "head" and run.head_training == "mixed":
+            # Goodfellow et al.'s mixed objective: h sees each digit clean and attacked, with equal weight.
+            pixel_values, labels, adversarial = torch.cat([pixel_values, adversarial]), labels.repeat(2), None
         # The warm start is stage 1 without its attack: reconstruction only.
         objective_stage = "head" if stage == "head" else "purifier"
-        output = objective(pixel_values, labels, adversarial_pixel_values=adversarial, stage=objective_stage)
-        accelerator.backward(output.loss)
-        if run.max_grad_norm is not None:
-            # The contrastive loss at a low temperature has rare huge gradients that can saturate g's output.
-            accelerator.clip_grad_norm_(objective.parameters(), run.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+        # Gradients add up over gradient_accumulation_steps batches (the loss is divided by that number); the
+        # prepared optimizer and scheduler step, and DDP synchronizes, only on the last of them.
+        with accelerator.accumulate(objective):
+            output = objective(pixel_values, labels, adversarial_pixel_values=adversarial, stage=objective_stage)
+            accelerator.backward(output.loss)
+            if run.max_grad_norm is not None and accelerator.sync_gradients:
+                # The contrastive loss at a low temperature has rare huge gradients that can saturate g's output.
+                accelerator.clip_grad_norm_(objective.parameters(), run.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
         for key, value in output.items():
             totals[key] = totals.get(key, 0.0) + value.detach().item()
         bar.set_postfix(loss=f"{output.loss.item():.4f}")
@@ -543,25 +536,6 @@ def embed_local_foundation(model: CRoPDForImageClassification, staging: Path) ->
     model.config.foundation_model_name_or_path = f"./{FOUNDATION_SUBFOLDER}"
 
 
-def publish(staging: Path, output_dir: Path) -> None:
-    """Move the finished output into place; an existing folder is replaced in one rename, never half-written."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    if output_dir.exists():
-        retired = output_dir.with_name(output_dir.name + ".replaced")
-        shutil.rmtree(retired, ignore_errors=True)
-        output_dir.rename(retired)
-        staging.rename(output_dir)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(output_dir)
-
-
-def push_to_hub(output_dir: Path, repo_id: str) -> None:
-    api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="Upload CRoPD model")
-
-
 def warn_if_unfaithful(psnr: float, floor: float | None, where: str) -> None:
     if floor is not None and psnr < floor:
         logger.warning(
@@ -590,11 +564,6 @@ def run_environment(accelerator: Accelerator) -> dict[str, Any]:
     }
 
 
-def checksum(model: torch.nn.Module) -> float:
-    """Sum of all trainable-stage weights: equal on every rank when gradients were synchronized."""
-    return sum(p.detach().double().sum().item() for n, p in model.named_parameters() if not n.startswith("foundation"))
-
-
 def format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
 
@@ -604,6 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     # Our per-epoch lines at INFO; accelerate's per-file checkpoint chatter only when something is wrong.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     logger.logger.setLevel(logging.INFO)
+    logging.getLogger("cropd_hf.files").setLevel(logging.INFO)  # where a replaced output is kept meanwhile
     try:
         train(args)
     except RunConfigError as error:

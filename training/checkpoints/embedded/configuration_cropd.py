@@ -2,23 +2,91 @@
 
 Self-contained on purpose: this file is copied next to every checkpoint so that
 `AutoConfig.from_pretrained(folder, trust_remote_code=True)` works without `cropd_hf` installed.
+
+Validation is declarative (huggingface_hub's `@strict`, as transformers' own configs): each field's annotation is its
+type, its `checked_field(...)` its range and the text an error shows; the `validate_*` methods check fields against each
+other. Every refusal is a `ValueError` "CRoPDConfig.<field>=<value> is invalid; accepted: <what is>."
 """
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from huggingface_hub.dataclasses import strict, validated_field
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.utils import cached_file
 
-PURIFIER_ARCHITECTURES = ("vit", "conv")
-PURIFIER_POOLINGS = ("cls", "mean")
-FOUNDATION_POOLINGS = ("cls", "mean", "pooler", "grid")
-CONTRASTIVE_FEATURES = ("foundation", "purifier")
+PurifierArchitecture = Literal["vit", "conv"]
+PurifierPooling = Literal["cls", "mean"]
+FoundationPooling = Literal["cls", "mean", "pooler", "grid"]
+ContrastiveFeatures = Literal["foundation", "purifier"]
+Number = float | int
 
 
+def checked_field(accepted: str, valid: Callable[[Any], bool] | None = None, **field_kwargs: Any) -> Any:
+    """A dataclass field for `@strict`: the annotated type is checked, then `valid`; either failure is reported with
+    `accepted`, the text that says what the field takes. `field_kwargs` go to `dataclasses.field` (`default`, ...)."""
+
+    def validator(value: Any) -> None:
+        if not valid(value):
+            raise ValueError(accepted)
+
+    return validated_field([] if valid is None else validator, metadata={"accepted": accepted}, **field_kwargs)
+
+
+def checked_number(default: Number | None, accepted: str, valid: Callable[[Number], bool] = lambda number: True) -> Any:
+    """A numeric `checked_field`: NaN and infinities are refused; None only where the annotation allows it."""
+    return checked_field(
+        accepted, lambda value: value is None or (math.isfinite(value) and valid(value)), default=default
+    )
+
+
+def strict_refusals(refusal: Callable[[str, Any, str, BaseException], Exception]) -> Callable[[type], type]:
+    """Class decorator over `@strict`, whose StrictDataclass*Error is no ValueError: a refused field raises
+    `refusal(field, value, accepted, cause)`, a failed `validate_*` check raises its own error, unwrapped."""
+
+    def decorate(cls: type) -> type:
+        strict_setattr, strict_validate = cls.__setattr__, cls.validate
+
+        def __setattr__(self: Any, name: str, value: Any) -> None:
+            try:
+                strict_setattr(self, name, value)
+            except StrictDataclassFieldValidationError as error:
+                field = cls.__dataclass_fields__[name]
+                accepted = field.metadata.get("accepted", f"a value of type {field.type}")
+                raise refusal(name, value, accepted, error.__cause__) from error.__cause__
+
+        def validate(self: Any) -> None:
+            try:
+                strict_validate(self)
+            except StrictDataclassClassValidationError as error:
+                raise error.__cause__ from None
+
+        validate.__is_defined_by_strict_decorator__ = True  # lets a subclass apply @strict again
+        cls.__setattr__, cls.validate = __setattr__, validate
+        return cls
+
+    return decorate
+
+
+def _positive_int(default: int) -> Any:
+    return checked_field("a positive integer", lambda value: value >= 1, default=default)
+
+
+def _flag(default: bool) -> Any:
+    return checked_field("True or False", default=default)
+
+
+def _choice(default: str, choices: Any) -> Any:
+    return checked_field(f"one of {list(get_args(choices))}", default=default)
+
+
+@strict_refusals(lambda name, value, accepted, cause: _refusal(name, value, accepted))
+@strict
 class CRoPDConfig(PreTrainedConfig):
     r"""
     Configuration of a CRoPD model: the purifier `g` (an auto-encoder at the dataset's native resolution: ViT-MAE
@@ -143,53 +211,72 @@ class CRoPDConfig(PreTrainedConfig):
 
     model_type = "cropd"
 
-    purifier_architecture: str = "vit"
-    conv_channels: list[int] | tuple[int, ...] = (32, 64, 64)
-    image_size: int = 32
-    num_channels: int = 3
-    patch_size: int = 4
-    hidden_size: int = 192
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 3
-    intermediate_size: int = 768
-    decoder_hidden_size: int = 128
-    decoder_num_hidden_layers: int = 2
-    decoder_num_attention_heads: int = 4
-    decoder_intermediate_size: int = 512
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float | int = 0.0
-    attention_probs_dropout_prob: float | int = 0.0
-    layer_norm_eps: float = 1e-6
-    initializer_range: float = 0.02
-    qkv_bias: bool = True
-    purifier_residual: bool = False
-    purifier_residual_bound: float | int | None = None
-    purifier_pooling: str = "mean"
-    use_purifier: bool = True
-    contrastive_features: str = "foundation"
-    contrastive_weight: float | int = 1.0
-    reconstruction_weight: float | int = 1.0
-    adversarial_reconstruction_weight: float | int = 0.0
-    contrastive_temperature: float | int = 0.1
-    standardize_contrastive_features: bool = True
-    train_epsilon: float | int = 8 / 255
-    train_attack_steps: int = 1
-    train_step_size: float | int | None = None
-    foundation_model_name_or_path: str = "facebook/vit-mae-large"
-    foundation_model_revision: str | None = None
-    foundation_image_size: int = 224
-    foundation_num_channels: int = 3
-    foundation_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
-    foundation_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
-    foundation_pooling: str = "mean"
-    foundation_pooling_grid_size: int = 2
-    head_batch_norm: bool = True
+    purifier_architecture: PurifierArchitecture = _choice("vit", PurifierArchitecture)
+    conv_channels: list[int] | tuple[int, ...] = checked_field(
+        "a non-empty list of positive integers",
+        lambda widths: len(widths) > 0 and min(widths) >= 1,
+        default=(32, 64, 64),
+    )
+    image_size: int = _positive_int(32)
+    num_channels: int = _positive_int(3)
+    patch_size: int = _positive_int(4)
+    hidden_size: int = _positive_int(192)
+    num_hidden_layers: int = _positive_int(4)
+    num_attention_heads: int = _positive_int(3)
+    intermediate_size: int = _positive_int(768)
+    decoder_hidden_size: int = _positive_int(128)
+    decoder_num_hidden_layers: int = _positive_int(2)
+    decoder_num_attention_heads: int = _positive_int(4)
+    decoder_intermediate_size: int = _positive_int(512)
+    hidden_act: str = checked_field(f"one of {sorted(ACT2FN)}", lambda name: name in ACT2FN, default="gelu")
+    hidden_dropout_prob: Number = checked_number(0.0, "a number in [0, 1)", lambda p: 0 <= p < 1)
+    attention_probs_dropout_prob: Number = checked_number(0.0, "a number in [0, 1)", lambda p: 0 <= p < 1)
+    layer_norm_eps: Number = checked_number(1e-6, "a positive number", lambda eps: eps > 0)
+    initializer_range: Number = checked_number(0.02, "a positive number", lambda std: std > 0)
+    qkv_bias: bool = _flag(True)
+    purifier_residual: bool = _flag(False)
+    purifier_residual_bound: Number | None = checked_number(
+        None, "None or a number in (0, 1] (pixel units)", lambda bound: 0 < bound <= 1
+    )
+    purifier_pooling: PurifierPooling = _choice("mean", PurifierPooling)
+    use_purifier: bool = _flag(True)
+    contrastive_features: ContrastiveFeatures = _choice("foundation", ContrastiveFeatures)
+    contrastive_weight: Number = checked_number(1.0, "a number >= 0 (λ)", lambda weight: weight >= 0)
+    reconstruction_weight: Number = checked_number(1.0, "a number >= 0", lambda weight: weight >= 0)
+    adversarial_reconstruction_weight: Number = checked_number(0.0, "a number >= 0", lambda weight: weight >= 0)
+    contrastive_temperature: Number = checked_number(0.1, "a number > 0 (τ)", lambda tau: tau > 0)
+    standardize_contrastive_features: bool = _flag(True)
+    train_epsilon: Number = checked_number(8 / 255, "a number in [0, 1] (pixel units)", lambda eps: 0 <= eps <= 1)
+    train_attack_steps: int = _positive_int(1)
+    train_step_size: Number | None = checked_number(None, "None or a number > 0", lambda step: step > 0)
+    foundation_model_name_or_path: str = checked_field(
+        "a Hub id or a local folder", lambda name: len(name) > 0, default="facebook/vit-mae-large"
+    )
+    foundation_model_revision: str | None = checked_field("None or a branch, tag or commit", default=None)
+    foundation_image_size: int = _positive_int(224)
+    foundation_num_channels: int = _positive_int(3)
+    foundation_image_mean: list[Number] | tuple[Number, ...] = checked_field(
+        "finite numbers, one per foundation input channel",
+        lambda values: all(math.isfinite(v) for v in values),
+        default=(0.485, 0.456, 0.406),
+    )
+    foundation_image_std: list[Number] | tuple[Number, ...] = checked_field(
+        "positive numbers, one per foundation input channel",
+        lambda values: all(math.isfinite(v) and v > 0 for v in values),
+        default=(0.229, 0.224, 0.225),
+    )
+    foundation_pooling: FoundationPooling = _choice("mean", FoundationPooling)
+    foundation_pooling_grid_size: int = _positive_int(2)
+    head_batch_norm: bool = _flag(True)
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.foundation_image_mean = list(self.foundation_image_mean)
         self.foundation_image_std = list(self.foundation_image_std)
         self.conv_channels = list(self.conv_channels)
-        self.check_cropd_values(num_labels=kwargs.get("num_labels"))
+        # num_labels is no field: PreTrainedConfig turns it into id2label, range(-3) into {} and 2.5 into a crash.
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None and (type(num_labels) is not int or num_labels < 1):
+            raise _refusal("num_labels", num_labels, "a positive integer (the number of classes)")
         super().__post_init__(**kwargs)
 
     @classmethod
@@ -236,144 +323,49 @@ class CRoPDConfig(PreTrainedConfig):
             return self.train_step_size
         return 1.25 * self.train_epsilon if steps == 1 else 2.5 * self.train_epsilon / steps
 
-    def check_cropd_values(self, num_labels: Any = None) -> None:
-        """Raise a `ValueError` naming the field, its value and what is accepted, for every invalid value."""
-        # num_labels is no field: PreTrainedConfig turns it into id2label after this check, range(-3) into {}.
-        if num_labels is not None and (not _is_int(num_labels) or num_labels < 1):
-            _invalid("num_labels", num_labels, "a positive integer (the number of classes)")
-        if getattr(self, "id2label", None) is not None and len(self.id2label) < 1:
-            _invalid("id2label", self.id2label, "None or a non-empty {class index: label} map")
-        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
-            _invalid("hidden_act", self.hidden_act, f"one of {sorted(ACT2FN)}")
-        for name in (
-            "image_size",
-            "num_channels",
-            "patch_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "decoder_hidden_size",
-            "decoder_num_hidden_layers",
-            "decoder_num_attention_heads",
-            "decoder_intermediate_size",
-            "foundation_image_size",
-            "foundation_num_channels",
-            "train_attack_steps",
-            "foundation_pooling_grid_size",
-        ):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                _invalid(name, value, "a positive integer")
-        for name in (
-            "qkv_bias",
-            "use_purifier",
-            "purifier_residual",
-            "standardize_contrastive_features",
-            "head_batch_norm",
-        ):
-            if not isinstance(getattr(self, name), bool):
-                _invalid(name, getattr(self, name), "True or False")
-        for name, choices in (
-            ("purifier_architecture", PURIFIER_ARCHITECTURES),
-            ("purifier_pooling", PURIFIER_POOLINGS),
-            ("foundation_pooling", FOUNDATION_POOLINGS),
-            ("contrastive_features", CONTRASTIVE_FEATURES),
-        ):
-            if getattr(self, name) not in choices:
-                _invalid(name, getattr(self, name), f"one of {list(choices)}")
-        if not self.conv_channels or not all(_is_int(width) and width >= 1 for width in self.conv_channels):
-            _invalid("conv_channels", self.conv_channels, "a non-empty list of positive integers")
+    # Checks across fields, run by @strict after __init__ and before save_pretrained.
+    def validate_labels(self) -> None:
+        if self.id2label is not None and len(self.id2label) < 1:
+            raise _refusal("id2label", self.id2label, "None or a non-empty {class index: label} map")
+
+    def validate_conv_downsampling(self) -> None:
         downsampling = 2 ** (len(self.conv_channels) - 1)
         if self.purifier_architecture == "conv" and self.image_size % downsampling:
-            _invalid(
+            raise _refusal(
                 "conv_channels",
                 self.conv_channels,
                 f"at most as many widths as image_size={self.image_size} can be halved exactly "
                 f"(the size must be divisible by 2 ** (len(conv_channels) - 1) = {downsampling})",
             )
-        if self.image_size % self.patch_size:
-            _invalid("patch_size", self.patch_size, f"a divisor of image_size={self.image_size}")
-        if self.hidden_size % self.num_attention_heads:
-            _invalid("num_attention_heads", self.num_attention_heads, f"a divisor of hidden_size={self.hidden_size}")
-        if self.decoder_hidden_size % self.decoder_num_attention_heads:
-            _invalid(
-                "decoder_num_attention_heads",
-                self.decoder_num_attention_heads,
-                f"a divisor of decoder_hidden_size={self.decoder_hidden_size}",
-            )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            _check_real(name, getattr(self, name), low=0.0, high=1.0, accepted="a number in [0, 1)", open_high=True)
-        _check_real("layer_norm_eps", self.layer_norm_eps, low=0.0, accepted="a positive number", open_low=True)
-        _check_real("initializer_range", self.initializer_range, low=0.0, accepted="a positive number", open_low=True)
-        _check_real("contrastive_weight", self.contrastive_weight, low=0.0, accepted="a number >= 0 (λ)")
-        for name in ("reconstruction_weight", "adversarial_reconstruction_weight"):
-            _check_real(name, getattr(self, name), low=0.0, accepted="a number >= 0")
-        _check_real(
-            "contrastive_temperature", self.contrastive_temperature, low=0.0, accepted="a number > 0 (τ)", open_low=True
-        )
-        _check_real("train_epsilon", self.train_epsilon, low=0.0, high=1.0, accepted="a number in [0, 1] (pixel units)")
-        if self.purifier_residual_bound is not None:
-            _check_real(
-                "purifier_residual_bound",
-                self.purifier_residual_bound,
-                low=0.0,
-                high=1.0,
-                accepted="None or a number in (0, 1] (pixel units)",
-                open_low=True,
-            )
-            if self.purifier_residual:
-                _invalid("purifier_residual", True, "False when purifier_residual_bound is set (one residual form)")
-        if self.train_step_size is not None:
-            _check_real(
-                "train_step_size", self.train_step_size, low=0.0, accepted="None or a number > 0", open_low=True
-            )
-        if not isinstance(self.foundation_model_name_or_path, str) or not self.foundation_model_name_or_path:
-            _invalid("foundation_model_name_or_path", self.foundation_model_name_or_path, "a Hub id or a local folder")
-        if self.foundation_model_revision is not None and not isinstance(self.foundation_model_revision, str):
-            _invalid("foundation_model_revision", self.foundation_model_revision, "None or a branch, tag or commit")
-        if self.num_channels not in (1, self.foundation_num_channels):
-            _invalid(
+
+    def validate_divisors(self) -> None:
+        for name, total in (
+            ("patch_size", "image_size"),
+            ("num_attention_heads", "hidden_size"),
+            ("decoder_num_attention_heads", "decoder_hidden_size"),
+        ):
+            if getattr(self, total) % getattr(self, name):
+                raise _refusal(name, getattr(self, name), f"a divisor of {total}={getattr(self, total)}")
+
+    def validate_residual_form(self) -> None:
+        if self.purifier_residual_bound is not None and self.purifier_residual:
+            raise _refusal("purifier_residual", True, "False when purifier_residual_bound is set (one residual form)")
+
+    def validate_foundation_channels(self) -> None:
+        channels = self.foundation_num_channels
+        if self.num_channels not in (1, channels):
+            raise _refusal(
                 "num_channels",
                 self.num_channels,
-                f"1 (repeated to the foundation model's channels) or foundation_num_channels="
-                f"{self.foundation_num_channels}",
+                f"1 (repeated to the foundation model's channels) or foundation_num_channels={channels}",
             )
         for name in ("foundation_image_mean", "foundation_image_std"):
-            values = getattr(self, name)
-            if len(values) != self.foundation_num_channels or not all(_is_real(v) for v in values):
-                _invalid(name, values, f"{self.foundation_num_channels} numbers, one per foundation input channel")
-        if any(v <= 0 for v in self.foundation_image_std):
-            _invalid("foundation_image_std", self.foundation_image_std, "positive numbers")
+            if len(getattr(self, name)) != channels:
+                raise _refusal(name, getattr(self, name), f"{channels} numbers, one per foundation input channel")
 
 
-def _invalid(name: str, value: Any, accepted: str) -> None:
-    raise ValueError(f"CRoPDConfig.{name}={value!r} is invalid; accepted: {accepted}.")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_real(
-    name: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    accepted: str = "a number",
-    open_low: bool = False,
-    open_high: bool = False,
-) -> None:
-    if not _is_real(value):
-        _invalid(name, value, accepted)
-    if low is not None and (value < low or (open_low and value == low)):
-        _invalid(name, value, accepted)
-    if high is not None and (value > high or (open_high and value == high)):
-        _invalid(name, value, accepted)
+def _refusal(name: str, value: Any, accepted: str) -> ValueError:
+    return ValueError(f"CRoPDConfig.{name}={value!r} is invalid; accepted: {accepted}.")
 
 
 __all__ = ["CRoPDConfig"]
