@@ -28,6 +28,8 @@ def test_no_tracked_file_points_outside_the_repository():
         path = REPO / name
         if path.suffix not in {".py", ".md", ".yaml", ".toml", ".txt", ".json"} or not path.is_file():
             continue
+        if path == Path(__file__).resolve():  # this test names what it looks for
+            continue
         text = path.read_text(errors="replace")
         if "../shared" in text or "DESIGN.md" in text:
             offending.append(name)

@@ -512,3 +512,14 @@ def test_an_empty_run_file_and_a_too_large_validation_split_are_refused_naming_w
     assert result.returncode == 2, result.stderr[-3000:]
     assert "'validation_size'" in result.stderr and "5000" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_run_files_resolve_their_repository_paths_from_any_working_directory(tmp_path, monkeypatch):
+    train = import_train()
+    monkeypatch.chdir(tmp_path)
+    run = train.load_run_config(REPO / "training" / "configs" / "embedded.yaml")
+    foundation = Path(run.model["foundation_model_name_or_path"])
+    assert foundation.is_absolute() and (foundation / "config.json").is_file()
+    assert foundation == REPO / "training" / "foundation" / "embedded-vit-mae"
+    purifier_run = train.load_run_config(REPO / "training" / "configs" / "fidelity" / "embedded-mixed-head.yaml")
+    assert Path(train.resolve_local_path(purifier_run.purifier_from)) == REPO / "training" / "checkpoints" / "embedded"
