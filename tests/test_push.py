@@ -127,7 +127,7 @@ def test_the_dry_run_builds_checks_and_lists_the_upload_without_touching_the_hub
     assert {"pipeline_cropd.py", "attacks.py", "foundation/model.safetensors"} <= set(listed)
     assert listed["foundation/model.safetensors"] == ["4.8", "MB"] and listed["config.json"][1] == "kB"
     assert f"in {len(shipped)} files" in output
-    assert "metrics.json records no weights_sha256" in output  # the shipped metrics.json predates the checksums
+    assert "weights match metrics.json's sha256" in output  # the shipped metrics.json records them
     assert "without cropd_hf (transformers_modules." in output
     label = load_image_dataset("embedded-mnist")["test"][DIGIT_INDEX]["label"]
     assert f"predicts {label} (true label {label})" in output
