@@ -335,7 +335,6 @@ def check_named_refusal(error: BaseException, bad: set[str]) -> None:
 
 @settings(max_examples=500, deadline=None, derandomize=True)
 @given(case=encoded_images(), num_channels=st.sampled_from([1, 3]), return_tensors=st.sampled_from([None, "np", "pt"]))
-@pytest.mark.slow
 def test_the_image_processor_gives_the_right_pixels_or_names_what_is_wrong(case, num_channels, return_tensors):
     image, kwargs, expected, bad = case
     color = expected[None] if expected.ndim == 2 else expected
@@ -419,7 +418,6 @@ def bad_options(options: dict) -> set[str]:
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(case=encoded_images(), options=pipeline_options())
-@pytest.mark.slow
 def test_the_pipeline_answers_like_the_model_or_names_what_is_wrong(robust, case, options):
     image, processor_kwargs, _, _ = case
     # The pipeline's only processor option is input_data_format; the image processor is the oracle of the image.

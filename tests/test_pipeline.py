@@ -340,7 +340,6 @@ ANY_ARRAY = st.one_of(
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(array=ANY_ARRAY, as_tensor=st.booleans())
-@pytest.mark.slow
 def test_any_array_gets_an_answer_or_a_clear_error(robust, array, as_tensor):
     image = torch.from_numpy(array.copy()) if as_tensor and array.dtype != np.uint16 else array
     try:
@@ -370,7 +369,6 @@ def maybe_valid(valid: st.SearchStrategy) -> st.SearchStrategy:
     top_k=maybe_valid(st.integers(-1, 5)),
     return_images=maybe_valid(st.booleans()),
 )
-@pytest.mark.slow
 def test_any_options_get_an_answer_or_a_clear_error(robust, attack, epsilon, steps, top_k, return_images):
     options = {"attack": attack, "epsilon": epsilon, "steps": steps, "top_k": top_k, "return_images": return_images}
     try:

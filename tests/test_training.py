@@ -266,15 +266,15 @@ def test_an_existing_output_folder_is_never_half_overwritten(run_file, tmp_path)
     assert not (output / "keep.txt").exists() and (output / "model.safetensors").exists()
 
 
-@pytest.mark.slow
-def test_push_to_hub_refuses_a_foundation_model_that_is_only_a_local_folder(run_file, tmp_path):
+def test_push_to_hub_refuses_a_foundation_model_that_is_only_a_local_folder(run_file, tmp_path, capsys):
     output = tmp_path / "out"
-    result = run_train(
-        "--config", str(run_file()), "--output_dir", str(output), "--push_to_hub", "--hub_model_id", "org/cropd",
-        timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "--push_to_hub refused" in result.stderr and "local folder" in result.stderr
+    with pytest.raises(SystemExit) as stopped:  # refused before any work: main in this process
+        import_train().main(
+            ["--config", str(run_file()), "--output_dir", str(output), "--push_to_hub", "--hub_model_id", "org/cropd"]
+        )
+    stderr = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert "--push_to_hub refused" in stderr and "local folder" in stderr
     assert not output.exists()
 
 
@@ -460,15 +460,16 @@ def test_a_run_without_a_single_training_step_is_refused(run_file, tmp_path):
     assert not re.search(r"(purifier|head) epoch \d", result.stderr)
 
 
-@pytest.mark.slow
-def test_an_unwritable_output_folder_is_refused_before_any_work(run_file, tmp_path):
+def test_an_unwritable_output_folder_is_refused_before_any_work(run_file, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run_train("--config", str(run_file()), "--output_dir", str(blocker / "out"))
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "cannot be written" in result.stderr and str(blocker) in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not re.search(r"(purifier|head) epoch \d", result.stderr)
+    with pytest.raises(SystemExit) as stopped:  # refused before any work: main in this process
+        import_train().main(["--config", str(run_file()), "--output_dir", str(blocker / "out")])
+    stderr = capsys.readouterr().err
+    assert stopped.value.code == 2, stderr[-3000:]
+    assert "cannot be written" in stderr and str(blocker) in stderr
+    assert "Traceback" not in stderr
+    assert not re.search(r"(purifier|head) epoch \d", stderr)
 
 
 @pytest.mark.slow
