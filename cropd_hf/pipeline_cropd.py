@@ -7,7 +7,6 @@ declares the task in its `config.json`, so `pipeline(model=checkpoint, trust_rem
 cropd_hf is not installed.
 """
 
-import numbers
 import os
 from typing import Any
 
@@ -23,6 +22,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import load_image
 
 from .attacks import FGSM, PGD, Attack
+from .checks import is_integer, is_real
 
 TASK = "robust-image-classification"
 ATTACKS = ("fgsm", "pgd")
@@ -177,14 +177,14 @@ class RobustImageClassificationPipeline(Pipeline):
                 raise ValueError(f"attack={attack!r} is invalid; accepted: None, 'fgsm' or 'pgd'.")
             forward_params["attack"] = attack.lower()
         if epsilon is not None:
-            if not _is_real(epsilon) or not 0 <= epsilon <= 1:
+            if not is_real(epsilon) or not 0 <= epsilon <= 1:
                 raise ValueError(
                     f"epsilon={epsilon!r} is invalid; accepted: a number in [0, 1], the L∞ radius in [0, 1] pixel "
                     "units (8/255 ≈ 0.031 is the paper's)."
                 )
             forward_params["epsilon"] = float(epsilon)
         if steps is not None:
-            if not _is_int(steps) or steps < 1:
+            if not is_integer(steps) or steps < 1:
                 raise ValueError(f"steps={steps!r} is invalid; accepted: an integer >= 1 (PGD iterations).")
             forward_params["steps"] = int(steps)
         if return_images is not None:
@@ -193,7 +193,7 @@ class RobustImageClassificationPipeline(Pipeline):
             forward_params["return_images"] = return_images
         postprocess_params: dict[str, Any] = {}
         if top_k is not None:
-            if not _is_int(top_k) or top_k < 1:
+            if not is_integer(top_k) or top_k < 1:
                 raise ValueError(f"top_k={top_k!r} is invalid; accepted: an integer >= 1.")
             postprocess_params["top_k"] = int(top_k)
         return preprocess_params, forward_params, postprocess_params
@@ -460,14 +460,6 @@ def _labels(config: Any) -> dict[int, str]:
 
 def _to_channels_last(image: torch.Tensor | None) -> np.ndarray | None:
     return None if image is None else image[0].permute(1, 2, 0).float().numpy()
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 __all__ = [

@@ -2,9 +2,10 @@
 
     python -m cropd_hf.refresh_remote_code training/checkpoints/embedded [MORE ...]
 
-A checkpoint carries `configuration_cropd.py`, `modeling_cropd.py` and `image_processing_cropd.py` (and
-`pipeline_cropd.py` when it declares the pipeline) so that it loads with `trust_remote_code=True` without cropd_hf.
-After a change to those files, this brings shipped checkpoints up to date; the weights are not touched.
+A checkpoint carries `configuration_cropd.py`, `checks.py`, `modeling_cropd.py` and `image_processing_cropd.py`
+(and `pipeline_cropd.py` with `attacks.py` when it declares the pipeline) so that it loads with
+`trust_remote_code=True` without cropd_hf. After a change to those files, this brings shipped checkpoints up to
+date; the weights are not touched.
 """
 
 import argparse
@@ -14,12 +15,13 @@ from pathlib import Path
 
 REMOTE_CODE = (
     "configuration_cropd.py",
+    "checks.py",  # imported by modeling_cropd.py and attacks.py
     "modeling_cropd.py",
     "image_processing_cropd.py",
     "pipeline_cropd.py",
     "attacks.py",  # imported by pipeline_cropd.py
 )
-REQUIRED = REMOTE_CODE[:3]
+REQUIRED = REMOTE_CODE[:4]
 
 
 def refresh(checkpoint: Path) -> list[str]:

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from cropd_hf import CRoPDForImageClassification, CRoPDImageProcessor, CRoPDModel
 
-REMOTE_CODE_FILES = {"configuration_cropd.py", "modeling_cropd.py", "image_processing_cropd.py"}
+REMOTE_CODE_FILES = {"configuration_cropd.py", "checks.py", "modeling_cropd.py", "image_processing_cropd.py"}
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checks import is_integer
+
 
 def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_integer(value) and value >= 1
 
 
 def _jsonable(value: Any) -> Any:

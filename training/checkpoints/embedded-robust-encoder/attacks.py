@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import PIXEL_RANGE_TOLERANCE, is_integer
+
 __all__ = ["APGD", "Attack", "FGSM", "PGD", "LossFn", "dlr_loss", "targeted_dlr_loss"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -26,9 +28,6 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 _Best = tuple[Tensor, Tensor]
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-# Inputs a hair outside [0, 1] come from float round-off in upstream preprocessing, not from a bug.
-_RANGE_TOLERANCE = 1e-6
 
 
 class Attack:
@@ -147,7 +146,7 @@ class Attack:
         if not torch.isfinite(images).all():
             raise ValueError("images must be finite, got NaN or inf values")
         low, high = images.min().item(), images.max().item()
-        if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+        if low < -PIXEL_RANGE_TOLERANCE or high > 1 + PIXEL_RANGE_TOLERANCE:
             raise ValueError(
                 f"images must have pixel values in [0, 1] (unnormalized; the model normalizes), "
                 f"got values in [{low:.4g}, {high:.4g}]"
@@ -432,7 +431,7 @@ def _check_count(name: str, value: Any) -> int:
     integer (2.5, 0)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be an integer >= 1, got {value!r} of type {type(value).__name__}")
-    if not isinstance(value, numbers.Integral) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
 

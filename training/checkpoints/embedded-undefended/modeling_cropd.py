@@ -27,10 +27,9 @@ from transformers.models.vit_mae.modeling_vit_mae import (
 )
 from transformers.utils import ModelOutput, can_return_tuple
 
+from .checks import check_pixel_values
 from .configuration_cropd import CRoPDConfig
 
-# Pixels outside [0, 1] by less than this are float noise, not a wrong value range.
-PIXEL_RANGE_TOLERANCE = 1e-4
 # A residual purifier adds its correction to logit(x); pixels at exactly 0 or 1 are clamped this far inside.
 RESIDUAL_LOGIT_EPS = 1e-3
 NO_PURIFIER = "This model was built with use_purifier=False (the Identity baseline): it has no purifier."
@@ -78,60 +77,6 @@ class CRoPDImageClassifierOutput(ModelOutput):
     features: torch.FloatTensor | None = None
     purified_pixel_values: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
-
-
-def check_pixel_values(
-    pixel_values: Any,
-    num_channels: int,
-    image_size: int,
-    labels: Any = None,
-    num_labels: int | None = None,
-) -> None:
-    """Raise a `ValueError` that says what is wrong and what is accepted, before torch fails somewhere deep.
-
-    Any floating dtype is accepted: the models' `forward` casts the pixels to their own parameter dtype. With
-    `labels`, they are checked too (class indices in `[0, num_labels)`): the value ranges of both are read in one
-    host sync, the only one a forward pass makes.
-    """
-    accepted = (
-        f"a float tensor of shape (batch_size, {num_channels}, {image_size}, {image_size}) with values in [0, 1] "
-        "(CRoPDImageProcessor turns PIL images and arrays into that)"
-    )
-    if not isinstance(pixel_values, torch.Tensor):
-        raise ValueError(f"pixel_values must be {accepted}; got {type(pixel_values).__name__}.")
-    if not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be {accepted}; got dtype {pixel_values.dtype}.")
-    if pixel_values.ndim != 4:
-        raise ValueError(
-            f"pixel_values must be {accepted}; got rank {pixel_values.ndim}, shape {tuple(pixel_values.shape)}."
-        )
-    if pixel_values.shape[1] != num_channels:
-        raise ValueError(
-            f"pixel_values must be {accepted}; got {pixel_values.shape[1]} channels, shape {tuple(pixel_values.shape)}."
-        )
-    if tuple(pixel_values.shape[2:]) != (image_size, image_size):
-        raise ValueError(f"pixel_values must be {accepted}; got spatial size {tuple(pixel_values.shape[2:])}.")
-    if pixel_values.shape[0] == 0:
-        raise ValueError(f"pixel_values must be {accepted}; got an empty batch.")
-    extrema = [value.float() for value in torch.aminmax(pixel_values)]
-    if labels is not None:
-        _check_label_layout(labels, len(pixel_values))
-        # float32 holds every class index below 2**24 exactly.
-        extrema += [value.to(extrema[0]) for value in torch.aminmax(labels)]
-    # One host sync: NaN propagates into the minimum and maximum, and so does infinity.
-    low, high, *label_range = torch.stack(extrema).tolist()
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"pixel_values must be {accepted}; got NaN or infinite values.")
-    if low < -PIXEL_RANGE_TOLERANCE or high > 1 + PIXEL_RANGE_TOLERANCE:
-        raise ValueError(
-            f"pixel_values must be {accepted}; got values in [{low:.4g}, {high:.4g}] "
-            "(divide 8-bit images by 255, and do not normalize: the model normalizes internally)."
-        )
-    if label_range and (label_range[0] < 0 or label_range[1] >= num_labels):
-        raise ValueError(
-            f"labels must be class indices in [0, {num_labels}); got values in [{label_range[0]:.0f}, "
-            f"{label_range[1]:.0f}]."
-        )
 
 
 @torch.no_grad()
@@ -637,16 +582,6 @@ def pool_foundation_outputs(outputs: Any, pooling: str, grid_size: int = 2) -> t
             f"{tuple(feature_map.shape[-2:])} grid of features; use at most {min(feature_map.shape[-2:])}."
         )
     return F.adaptive_avg_pool2d(feature_map, grid_size).flatten(1)
-
-
-def _check_label_layout(labels: Any, batch_size: int) -> None:
-    """The type and shape of `labels`; their values are checked with the pixels' (`check_pixel_values`)."""
-    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"labels must be an integer tensor of shape ({batch_size},); got {labels!r:.80}.")
-    if labels.shape != (batch_size,):
-        raise ValueError(
-            f"labels must have shape ({batch_size},), one class index per image; got {tuple(labels.shape)}."
-        )
 
 
 __all__ = [
