@@ -1,7 +1,9 @@
 """Tiny models built in the test, saved and loaded through real save_pretrained / from_pretrained."""
 
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 # Nothing in a test may reach a network. Set before huggingface_hub is imported: it reads these once, at import.
@@ -16,6 +18,9 @@ from cropd_hf import CRoPDConfig, initialize_vit_mae_embeddings  # noqa: E402
 
 # The Space's modules import each other as `python space_app/app.py` runs them: from their own folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space_app"))
+
+# The Space's tests share their checkpoint, example and offline-Hub fixtures (tests/space_testing.py).
+pytest_plugins = ["space_testing"]
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +72,35 @@ def tiny_cropd_config(foundation: str, **overrides) -> CRoPDConfig:
 def tiny_config(foundation_folder):
     """Factory of tiny CRoPD configs in front of the session's tiny foundation model."""
     return lambda **overrides: tiny_cropd_config(foundation_folder, **overrides)
+
+
+WITHOUT_CROPD_HF = textwrap.dedent(
+    """
+    import sys
+
+    sys.modules["cropd_hf"] = None  # `import cropd_hf` now fails, as where the package is not installed
+    try:
+        import cropd_hf  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("cropd_hf is still importable")
+    """
+)
+
+
+def run_without_cropd_hf(script: str, *arguments: str, folder: Path, timeout: float = 300) -> str:
+    """Run `script` in a new interpreter where cropd_hf cannot be imported, offline, with its own remote-code cache
+    under `folder` (also the working directory); its standard output is returned once it exits 0."""
+    path = folder / "without_cropd_hf.py"
+    path.write_text(WITHOUT_CROPD_HF + textwrap.dedent(script))
+    completed = subprocess.run(
+        [sys.executable, str(path), *arguments],
+        cwd=folder,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(folder / "modules")},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout

@@ -3,14 +3,13 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_without_cropd_hf
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -96,14 +95,6 @@ REMOTE_SCRIPT = textwrap.dedent(
     """
     import sys
 
-    sys.modules["cropd_hf"] = None  # `import cropd_hf` now fails, as where the package is not installed
-    try:
-        import cropd_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("cropd_hf is still importable")
-
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
@@ -135,25 +126,14 @@ def test_trust_remote_code_without_the_package(checkpoint, tmp_path):
     model, folder = checkpoint
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     save_file({"x": x}, tmp_path / "inputs.safetensors")
-    script = tmp_path / "remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(folder),
-            str(tmp_path / "inputs.safetensors"),
-            str(tmp_path / "out.safetensors"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    output = run_without_cropd_hf(
+        REMOTE_SCRIPT,
+        str(folder),
+        str(tmp_path / "inputs.safetensors"),
+        str(tmp_path / "out.safetensors"),
+        folder=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "CRoPDConfig CRoPDForImageClassification CRoPDModel CRoPDImageProcessor" in result.stdout
+    assert "CRoPDConfig CRoPDForImageClassification CRoPDModel CRoPDImageProcessor" in output
     outputs = load_file(tmp_path / "out.safetensors")
     assert torch.equal(outputs["logits"], model(x).logits)
     assert torch.equal(outputs["reconstruction"], model.purifier(x).reconstruction)

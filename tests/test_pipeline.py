@@ -6,13 +6,13 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_without_cropd_hf
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -495,50 +495,29 @@ def test_an_undefended_model_that_is_not_one_is_refused_clearly(tiny_config, tmp
     check_clear_error(caught.value)
 
 
-REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import json
-    import sys
+REMOTE_SCRIPT = """
+import json
+import sys
 
-    sys.modules["cropd_hf"] = None  # `import cropd_hf` now fails, as where the package is not installed
-    try:
-        import cropd_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("cropd_hf is still importable")
+from transformers import pipeline
 
-    from transformers import pipeline
-
-    folder, image, task, *undefended = sys.argv[1:]
-    options = {"undefended_model": undefended[0]} if undefended else {}
-    robust = pipeline(model=folder, trust_remote_code=True, **options) if task == "-" else pipeline(
-        task, model=folder, trust_remote_code=True, **options
-    )
-    components = [robust, robust.model, robust.image_processor] + [robust.undefended_model] * bool(undefended)
-    for component in components:
-        assert type(component).__module__.startswith("transformers_modules."), type(component)
-    result = robust(image, attack="pgd", epsilon=0.1, steps=3, top_k=3)
-    print(type(robust).__name__)
-    print(json.dumps(result))
-    """
+folder, image, task, *undefended = sys.argv[1:]
+options = {"undefended_model": undefended[0]} if undefended else {}
+robust = pipeline(model=folder, trust_remote_code=True, **options) if task == "-" else pipeline(
+    task, model=folder, trust_remote_code=True, **options
 )
+components = [robust, robust.model, robust.image_processor] + [robust.undefended_model] * bool(undefended)
+for component in components:
+    assert type(component).__module__.startswith("transformers_modules."), type(component)
+result = robust(image, attack="pgd", epsilon=0.1, steps=3, top_k=3)
+print(type(robust).__name__)
+print(json.dumps(result))
+"""
 
 
 def run_without_the_package(tmp_path: Path, *arguments: str) -> tuple[str, dict]:
     """The pipeline's class name and its JSON answer, from REMOTE_SCRIPT run where cropd_hf cannot be imported."""
-    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    completed = subprocess.run(
-        [sys.executable, str(tmp_path / "remote.py"), *arguments],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    name, output = completed.stdout.strip().splitlines()[-2:]
+    name, output = run_without_cropd_hf(REMOTE_SCRIPT, *arguments, folder=tmp_path).strip().splitlines()[-2:]
     return name, json.loads(output)
 
 

@@ -13,6 +13,7 @@ from unittest import mock
 
 import pytest
 import yaml
+from conftest import run_without_cropd_hf
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import LocalTokenNotFoundError
 
@@ -43,14 +44,6 @@ WITHOUT_THE_PACKAGE = textwrap.dedent(
     import json
     import sys
 
-    sys.modules["cropd_hf"] = None  # `import cropd_hf` now fails, as where the package is not installed
-    try:
-        import cropd_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("cropd_hf is still importable")
-
     import torch
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
@@ -77,17 +70,10 @@ def test_a_shipped_checkpoint_copied_anywhere_predicts_a_digit_without_the_packa
     shutil.copytree(EMBEDDED, copy)  # its foundation model travels inside it, as ./foundation
     digit = load_image_dataset("embedded-mnist")["test"][DIGIT_INDEX]
     digit["image"].save(tmp_path / "digit.png")
-    (tmp_path / "script.py").write_text(WITHOUT_THE_PACKAGE)
-    completed = subprocess.run(
-        [sys.executable, str(tmp_path / "script.py"), str(copy), str(tmp_path / "digit.png")],
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    output = run_without_cropd_hf(
+        WITHOUT_THE_PACKAGE, str(copy), str(tmp_path / "digit.png"), folder=tmp_path, timeout=600
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    answer = json.loads(completed.stdout.strip().splitlines()[-1])
+    answer = json.loads(output.strip().splitlines()[-1])
     assert all(module.startswith("transformers_modules.") for module in answer["modules"]), answer["modules"]
     assert answer["model"] == answer["pipeline"] == str(digit["label"])
 
