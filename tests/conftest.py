@@ -47,20 +47,26 @@ def foundation_folder(tmp_path_factory) -> str:
     return str(folder)
 
 
+# The tiny purifier's architecture: in tiny_cropd_config, and in the `model` section of the tests' run files.
+TINY_PURIFIER = dict(
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=2,
+    decoder_intermediate_size=32,
+)
+
+
 def tiny_cropd_config(foundation: str, **overrides) -> CRoPDConfig:
     """A tiny CRoPD config (8x8 grayscale images, 3 classes) in front of the tiny foundation model `foundation`."""
     values = dict(
         image_size=8,
         num_channels=1,
         patch_size=2,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
+        **TINY_PURIFIER,
         foundation_model_name_or_path=foundation,
         foundation_image_size=16,
         num_labels=3,

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from conftest import TINY_PURIFIER
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
@@ -80,14 +81,7 @@ def test_accumulation_and_precision_are_honoured_recorded_and_the_states_hold_no
                 "eval_pgd_steps": [1],
                 "model": {
                     "foundation_model_name_or_path": foundation_folder,
-                    "hidden_size": 16,
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 2,
-                    "intermediate_size": 32,
-                    "decoder_hidden_size": 16,
-                    "decoder_num_hidden_layers": 1,
-                    "decoder_num_attention_heads": 2,
-                    "decoder_intermediate_size": 32,
+                    **TINY_PURIFIER,
                 },
             }
         )
