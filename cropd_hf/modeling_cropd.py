@@ -146,7 +146,9 @@ class CRoPDConvAutoEncoder(nn.Module):
         up: list[nn.Module] = []
         for width_in, width_out in zip(widths[:1:-1], widths[-2:0:-1], strict=True):
             up += [_PurifierConvTranspose(width_in, width_out, 4, stride=2, padding=1), nn.GELU()]
-        up.append(_PurifierOutputConv(widths[1], config.num_channels, 3, padding=1))
+        skip = config.num_channels if config.purifier_input_skip else 0
+        up.append(_PurifierOutputConv(widths[1] + skip, config.num_channels, 3, padding=1))
+        self.input_skip = config.purifier_input_skip
         self.encoder = nn.Sequential(*down)
         self.decoder = nn.Sequential(*up)
 
@@ -158,7 +160,10 @@ class CRoPDConvAutoEncoder(nn.Module):
             hidden = layer(hidden)
             if isinstance(layer, nn.GELU):
                 feature_maps.append(hidden)
-        return self.decoder(hidden), hidden.flatten(2).transpose(1, 2), tuple(feature_maps)
+        decoded = self.decoder[:-1](hidden)
+        if self.input_skip:
+            decoded = torch.cat([decoded, pixel_values], dim=1)
+        return self.decoder[-1](decoded), hidden.flatten(2).transpose(1, 2), tuple(feature_maps)
 
 
 class _PurifierConv(nn.Conv2d):
@@ -284,8 +289,8 @@ class CRoPDModel(CRoPDPreTrainedModel):
             pooled = tokens[:, 0] if self.config.purifier_pooling == "cls" else tokens[:, 1:].mean(dim=1)
         if self.config.purifier_residual_bound is not None:
             # A bounded correction: no pixel moves by more than β, so g(x) stays a picture of x by construction.
-            bound = self.config.purifier_residual_bound
-            reconstruction = (pixel_values + bound * torch.tanh(image_logits)).clamp(0, 1)
+            bound, gain = self.config.purifier_residual_bound, self.config.purifier_residual_gain
+            reconstruction = (pixel_values + bound * torch.tanh(gain * image_logits)).clamp(0, 1)
         elif self.config.purifier_residual:
             # The decoder predicts a correction in logit space: g starts as the identity, and stays in (0, 1).
             reconstruction = torch.sigmoid(image_logits + torch.logit(pixel_values, eps=RESIDUAL_LOGIT_EPS))

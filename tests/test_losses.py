@@ -263,6 +263,31 @@ def test_a_bounded_residual_purifier_starts_as_the_identity_and_never_moves_a_pi
     assert purified.min() >= 0 and purified.max() <= 1
 
 
+def test_the_input_skip_lets_a_purifier_with_a_high_gain_push_each_pixel_back_by_its_own_value(tiny_config):
+    from cropd_hf import CRoPDModel
+
+    config = tiny_config(
+        purifier_architecture="conv",
+        conv_channels=[4, 8],
+        purifier_residual_bound=0.1,
+        purifier_residual_gain=100.0,
+        purifier_input_skip=True,
+    )
+    purifier = CRoPDModel(config)
+    images = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(purifier(images).reconstruction, images)  # the identity before training
+    output_layer = purifier.autoencoder.decoder[-1]
+    assert output_layer.in_channels == 4 + 1  # the decoder's features and the input image
+    with torch.no_grad():  # weights that read the pixel itself: a soft binarization around 0.5
+        output_layer.weight.zero_()
+        output_layer.weight[0, -1, 1, 1] = 1.0
+        output_layer.bias.fill_(-0.5)
+    attacked = torch.tensor([0.0, 0.08, 0.92, 1.0, 0.3, 0.7]).view(1, 1, 1, 6).expand(1, 1, 8, 6)
+    attacked = torch.nn.functional.pad(attacked, (0, 2))
+    purified = purifier(attacked).reconstruction[0, 0, 0, :6]
+    torch.testing.assert_close(purified, torch.tensor([0.0, 0.0, 1.0, 1.0, 0.2, 0.8]))
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
@@ -270,6 +295,9 @@ def test_a_bounded_residual_purifier_starts_as_the_identity_and_never_moves_a_pi
         ({"adversarial_reconstruction_weight": "1"}, "adversarial_reconstruction_weight"),
         ({"purifier_residual_bound": 0.0}, "purifier_residual_bound"),
         ({"purifier_residual_bound": 0.1, "purifier_residual": True}, "purifier_residual"),
+        ({"purifier_residual_gain": 10.0}, "purifier_residual_gain"),  # a gain without a bound
+        ({"purifier_residual_bound": 0.1, "purifier_residual_gain": 0.0}, "purifier_residual_gain"),
+        ({"purifier_input_skip": True}, "purifier_input_skip"),  # the ViT purifier has no such layer
     ],
 )
 def test_bad_fidelity_settings_are_refused_naming_the_field(tiny_config, overrides, field):

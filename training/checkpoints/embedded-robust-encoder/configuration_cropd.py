@@ -145,6 +145,14 @@ class CRoPDConfig(PreTrainedConfig):
             no pixel by more than β, so its output stays within β of its input on every image, clean or attacked:
             ‖g(x) − x‖² ≤ β², i.e. PSNR ≥ 20·log10(1/β) dB (20 dB for β = 0.1), whatever λ does. Excludes
             `purifier_residual`.
+        purifier_residual_gain (`float`, *optional*, defaults to 1.0):
+            With `purifier_residual_bound`: `g(x) = clip(x + β · tanh(gain · decoder(x)), 0, 1)`. A larger gain lets
+            a few hundred optimizer steps reach a correction that is all-or-nothing (e.g. a pixel pushed back to 0
+            or 1), which a zero-initialized output layer at gain 1 learns far more slowly.
+        purifier_input_skip (`bool`, *optional*, defaults to `False`):
+            Conv purifier only: its output convolution sees the input image beside the decoder's features (a
+            U-Net-style skip), so `g` can correct each pixel from its own value, not only from the bottleneck's
+            coarse code of the image.
         purifier_pooling (`str`, *optional*, defaults to `"mean"`):
             How the ViT purifier's latent is pooled into one vector: `"cls"` token or `"mean"` of the patch tokens
             (the conv purifier always averages its bottleneck).
@@ -238,6 +246,8 @@ class CRoPDConfig(PreTrainedConfig):
     purifier_residual_bound: Number | None = checked_number(
         None, "None or a number in (0, 1] (pixel units)", lambda bound: 0 < bound <= 1
     )
+    purifier_residual_gain: Number = checked_number(1.0, "a number > 0", lambda gain: gain > 0)
+    purifier_input_skip: bool = _flag(False)
     purifier_pooling: PurifierPooling = _choice("mean", PurifierPooling)
     use_purifier: bool = _flag(True)
     contrastive_features: ContrastiveFeatures = _choice("foundation", ContrastiveFeatures)
@@ -350,6 +360,14 @@ class CRoPDConfig(PreTrainedConfig):
     def validate_residual_form(self) -> None:
         if self.purifier_residual_bound is not None and self.purifier_residual:
             raise _refusal("purifier_residual", True, "False when purifier_residual_bound is set (one residual form)")
+
+    def validate_purifier_output(self) -> None:
+        if self.purifier_residual_gain != 1 and self.purifier_residual_bound is None:
+            raise _refusal(
+                "purifier_residual_gain", self.purifier_residual_gain, "1 unless purifier_residual_bound is set"
+            )
+        if self.purifier_input_skip and self.purifier_architecture != "conv":
+            raise _refusal("purifier_input_skip", True, "False unless purifier_architecture='conv'")
 
     def validate_foundation_channels(self) -> None:
         channels = self.foundation_num_channels
