@@ -492,3 +492,37 @@ def test_reports_made_separately_merge_into_one_table_only_under_the_same_settin
     with pytest.raises(SystemExit) as stopped:
         main(["--merge", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "bad")])
     assert stopped.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_bpda_runs_the_model_forward_and_passes_the_classifier_gradient_at_g_x_straight_back(tiny_config):
+    from cropd_hf.evaluation.bpda import StraightThroughPurifier
+
+    torch.manual_seed(0)
+    config = tiny_config(
+        purifier_architecture="conv",
+        conv_channels=[4, 8],
+        purifier_residual_bound=0.1,
+        purifier_residual_gain=100.0,
+        purifier_input_skip=True,
+    )
+    model = CRoPDForImageClassification(config).eval()
+    output_layer = model.purifier.autoencoder.decoder[-1]
+    with torch.no_grad():  # a saturated binarization around 0.5: g(x) = clip(x - 0.1, 0, 1) below it
+        output_layer.weight.zero_()
+        output_layer.weight[0, -1, 1, 1] = 1.0
+        output_layer.bias.fill_(-0.5)
+    x = (torch.rand(3, 1, 8, 8) * 0.2).requires_grad_()
+    bpda = StraightThroughPurifier(model)
+    logits = bpda(x)
+    torch.testing.assert_close(logits, model(x).logits)
+    (gradient,) = torch.autograd.grad(logits[:, 0].sum(), x)
+    purified = model.purify(x).detach().requires_grad_()
+    (expected,) = torch.autograd.grad(model(purified, purify=False).logits[:, 0].sum(), purified)
+    torch.testing.assert_close(gradient, expected)
+    (white_box,) = torch.autograd.grad(model(x).logits[:, 0].sum(), x)
+    # What BPDA is for: where g clips a pixel to 0 (x < β), the white-box gradient is zero; BPDA's is not.
+    clipped = x.detach() < 0.1
+    assert white_box[clipped].abs().max() == 0 and expected[clipped].abs().max() > 0
+
+    with pytest.raises(ValueError, match="--bpda needs a model with a purifier"):
+        StraightThroughPurifier(CRoPDForImageClassification(tiny_config(use_purifier=False)))

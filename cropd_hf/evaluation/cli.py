@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..data import DATASET_NAMES, load_image_dataset, with_pixel_values
+from .bpda import BPDA_SOURCE, StraightThroughPurifier
 from .report import (
     EvaluationReport,
     _short_name,
@@ -107,8 +108,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=defaults.seed, help="seed of the random starts (default: %(default)s)"
     )
-    parser.add_argument(
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument(
         "--transfer_from", help="reference model (the Identity baseline) for the white-box vs transfer check"
+    )
+    reference.add_argument(
+        "--bpda",
+        action="store_true",
+        help="instead of a reference model, the evaluated model itself with its purifier's backward pass replaced "
+        "by the identity (BPDA): the white-box PGD must be at least as strong as PGD through that gradient",
     )
     parser.add_argument(
         "--sanity_epsilon",
@@ -154,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             data_seed=args.data_seed,
             validation_size=args.validation_size,
             num_samples=args.num_samples,
-            transfer_from=args.transfer_from,
+            transfer_from=BPDA_SOURCE if args.bpda else args.transfer_from,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -180,6 +188,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in args.model:
         started = time.monotonic()
         model, processor = _load_checkpoint(name, accelerator.device)
+        if args.bpda:
+            try:
+                transfer = StraightThroughPurifier(model)
+            except ValueError as error:
+                print(f"error: {name}: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
         key = _fingerprint(settings.to_dict(), name, model, processor.to_dict(), transfer)
         try:
             result = evaluate_model(
