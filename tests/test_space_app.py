@@ -1,17 +1,23 @@
 """The Gradio Space's app in this process: which models it offers and loads (Hub ids, local fallbacks), how it
-labels each chain, the checks of a request, the PSNR it shows and its galleries. The app served for real (client,
+labels each chain, the checks of a request, the PSNR it shows and its galleries (the shipped one checked against the
+dataset), and what the Space installs (requirements.txt against every import). The app served for real (client,
 browser, no package) is tests/test_space_server.py.
 """
 
+import ast
 import hashlib
+import importlib.metadata
 import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from argparse import Namespace
 from pathlib import Path
 
 import app as space
+import gallery
 import gradio as gr
 import huggingface_hub.constants
 import model_loading
@@ -19,10 +25,13 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import metadata_save
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from PIL import Image
-from space_testing import LABELS, PURIFIER, ROBUST_ENCODER, save_checkpoint
+from space_testing import LABELS, PURIFIER, REPO, ROBUST_ENCODER, SPACE, save_checkpoint
 
 from cropd_hf import CRoPDForImageClassification, CRoPDImageProcessor
+from cropd_hf.refresh_remote_code import REMOTE_CODE
 
 # The app's default models are Hub ids: loading one must fail at once, offline.
 pytestmark = pytest.mark.usefixtures("hub_offline")
@@ -383,6 +392,12 @@ def test_examples_come_from_a_folder_of_images(tmp_path):
         (str(folder / "a-two.JPG"), "a-two"),
         (str(folder / "b-seven.png"), "b-seven"),
     ]
+    # captions.json captions the images it names; the others keep their file name.
+    (folder / "captions.json").write_text(json.dumps({"b-seven.png": "a seven", "gone.png": "no such image"}))
+    assert [caption for _, caption in space.load_examples(str(folder), tmp_path)] == ["a-two", "a seven"]
+    (folder / "captions.json").write_text('["a seven"]')
+    with pytest.raises(space.StartupError, match="must be a JSON object"):
+        space.load_examples(str(folder), tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(space.StartupError, match="holds no image"):
         space.load_examples(str(tmp_path / "empty"), tmp_path)
@@ -390,3 +405,138 @@ def test_examples_come_from_a_folder_of_images(tmp_path):
         space.load_examples("no-such-dataset", tmp_path)
     with pytest.raises(space.StartupError, match="Cannot load the examples 'cifar10'"):
         space.load_examples("cifar10", tmp_path)  # a Hub dataset, offline
+
+
+def folder_contents(folder: Path) -> dict[str, object]:
+    """Each file of `folder` by name: an image as (mode, size, pixels), captions.json as its JSON."""
+    contents = {}
+    for path in sorted(folder.iterdir()):
+        if path.name == gallery.CAPTIONS_FILE:
+            contents[path.name] = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            with Image.open(path) as image:
+                contents[path.name] = (image.mode, image.size, np.asarray(image).tolist())
+    return contents
+
+
+@pytest.mark.slow  # the dataset: 5,000 digits made into a `datasets` table
+def test_the_shipped_gallery_is_the_first_test_digits_of_embedded_mnist(tmp_path):
+    # The folder the Space ships is what the generator writes from the dataset, file for file and pixel for pixel.
+    written = gallery.write_examples(gallery.EMBEDDED_EXAMPLES, tmp_path)
+    assert len(written) == gallery.NUM_EXAMPLES == 12
+    assert folder_contents(gallery.EXAMPLES_FOLDER) == folder_contents(tmp_path), (
+        "space_app/examples is not what the dataset gives: run `python space_app/gallery.py`"
+    )
+    # Read from the folder: the images and captions that naming the dataset gives (load_examples writes them so).
+    read = space.load_examples(str(gallery.EXAMPLES_FOLDER), tmp_path / "unused")
+    assert [(Path(path).name, caption) for path, caption in read] == [
+        (Path(path).name, caption) for path, caption in written
+    ]
+
+
+def test_the_shipped_checkpoints_get_the_shipped_gallery_by_default(checkpoint, tmp_path, monkeypatch):
+    captions = json.loads((gallery.EXAMPLES_FOLDER / gallery.CAPTIONS_FILE).read_text())
+    expected = [(str(gallery.EXAMPLES_FOLDER / name), caption) for name, caption in captions.items()]
+    assert len(expected) == 12 and expected[0][1] == "test #0: 3"
+    assert space.load_examples(str(gallery.EXAMPLES_FOLDER), tmp_path) == expected
+    # By default (with or without cropd_hf: test_space_server.py runs it without); any other model has none unless
+    # --examples names one.
+    shipped(monkeypatch, copy_checkpoint(checkpoint, tmp_path / "checkpoints" / "embedded", ["cropd"]))
+    assert space.start(Namespace(model=None, examples=None), tmp_path / "unused")[1] == expected
+    assert space.start(Namespace(model=str(checkpoint), examples=None), tmp_path)[1] == []
+
+
+# The one option line requirements.txt may hold: a CPU Space's torch from PyTorch's CPU wheel index.
+CPU_TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+
+
+def space_requirements() -> tuple[list[str], list[Requirement]]:
+    """requirements.txt's option lines and its requirements (comments and blank lines left out)."""
+    options, requirements = [], []
+    for line in (SPACE / "requirements.txt").read_text().splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if line.startswith("-"):
+            options.append(line)
+        elif line and not line.startswith("#"):
+            requirements.append(Requirement(line))  # a PEP 508 requirement, or InvalidRequirement
+    return options, requirements
+
+
+def imported_modules(path: Path) -> dict[str, bool]:
+    """The top-level modules `path` imports (relative imports left out), each with whether every import of it sits
+    in a `try` that catches ImportError (an optional module)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    guarded_nodes = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            isinstance(handler.type, ast.Name) and handler.type.id in ("ImportError", "ModuleNotFoundError")
+            for handler in node.handlers
+        ):
+            guarded_nodes.update(id(inner) for statement in node.body for inner in ast.walk(statement))
+    modules: dict[str, bool] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            modules[top] = modules.get(top, True) and id(node) in guarded_nodes
+    return modules
+
+
+def test_the_space_installs_published_packages_that_provide_every_module_it_imports():
+    options, requirements = space_requirements()
+    assert options == [CPU_TORCH_INDEX]
+    assert requirements and all(requirement.url is None for requirement in requirements)  # no git, no file
+    names = {canonicalize_name(requirement.name): requirement for requirement in requirements}
+
+    # Lower bounds as pyproject.toml's, for each package both name.
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"]:
+        dependency = Requirement(line)
+        if canonicalize_name(dependency.name) in names:
+            assert names[canonicalize_name(dependency.name)].specifier == dependency.specifier, dependency.name
+
+    # What runs in the Space: its own files, and the checkpoints' remote code (cropd_hf is not installed there).
+    files = sorted(SPACE.glob("*.py")) + [REPO / "cropd_hf" / name for name in REMOTE_CODE]
+    local = {path.stem for path in SPACE.glob("*.py")}
+    distributions = importlib.metadata.packages_distributions()
+    provided, unprovided = set(), []
+    for path in files:
+        for module, optional in imported_modules(path).items():
+            if module in sys.stdlib_module_names or module in local or module == "gradio":  # gradio: sdk_version
+                continue
+            if module == "cropd_hf":
+                assert optional, f"{path.name} imports cropd_hf outside a try/except ImportError"
+                continue
+            giving = {canonicalize_name(name) for name in distributions.get(module, [])}
+            if giving & set(names):
+                provided |= giving & set(names)
+            else:
+                unprovided.append(f"{path.name}: {module} ({', '.join(sorted(giving)) or 'no distribution'})")
+    assert unprovided == []
+    # Nothing more than that: safetensors is the checkpoints' weights format, read by transformers.
+    assert set(names) == provided | {"safetensors"}
+
+
+@pytest.mark.slow
+def test_pip_reads_the_space_requirements_and_this_environment_meets_them():
+    # A dry run through a proxy that answers nothing: pip reads the file, the index option included, and finds every
+    # requirement already met without a network request (one would fail).
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--dry-run", "--disable-pip-version-check"),
+            *("--retries", "0", "--timeout", "2", "--proxy", "http://127.0.0.1:9"),
+            *("-r", str(SPACE / "requirements.txt")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert "https://download.pytorch.org/whl/cpu" in completed.stdout.splitlines()[0]  # "Looking in indexes: ..."
+    assert "Would install" not in completed.stdout

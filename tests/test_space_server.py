@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -28,6 +27,7 @@ import app as space
 import model_loading
 import numpy as np
 import pytest
+from conftest import run_without_cropd_hf
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -285,14 +285,16 @@ def test_an_unloadable_model_stops_the_app_with_a_clear_message():
     assert "error: Cannot load the CRoPD model '/nonexistent/cropd-checkpoint' (CROPD_MODEL / --model)" in stderr
 
 
-WITHOUT_PACKAGE = textwrap.dedent(
-    """
+# Run where cropd_hf cannot be imported (conftest.run_without_cropd_hf), space_app/ on PYTHONPATH (as `python app.py`).
+WITHOUT_PACKAGE = """
     import json
     import sys
+    from argparse import Namespace
+    from pathlib import Path
 
-    sys.modules["cropd_hf"] = None  # a Space holding only space_app/: the package is not installed
-    checkpoint, undefended, examples = sys.argv[1:]  # space_app/ is on PYTHONPATH, as for `python app.py`
+    checkpoint, undefended, examples = sys.argv[1:]
     import app
+    import model_loading
     from model_loading import load_pipeline, load_undefended, with_undefended
 
     robust = load_pipeline(checkpoint)
@@ -304,6 +306,14 @@ WITHOUT_PACKAGE = textwrap.dedent(
         refused = str(error)
     result = app.attack_image(robust, gallery[0][0], "PGD-10", 0.1)
     chains = [app.attack_image(pipe, gallery[0][0], "FGSM", 0.1)["undefended_chain"] for pipe in (robust, separate)]
+
+    # The app's default start, the declared checkpoint and the undefended one standing in for the shipped ones (their
+    # Hub ids not published): the gallery shipped in space_app/examples, then a request on its first digit.
+    model_loading.SHIPPED = (model_loading.ShippedCheckpoint(Path(checkpoint), "cropd-test/declared-not-published"),)
+    model_loading.UNDEFENDED_HUB_ID = "cropd-test/undefended-not-published"
+    model_loading.UNDEFENDED_CHECKPOINT = Path(undefended)
+    (model,), default_gallery = app.start(Namespace(model=None, examples=None), Path("dataset-examples"))
+    *_, clean, attacked, defended, status = app.respond(model, default_gallery[0][0], "FGSM", 0.1)
     print(json.dumps({
         "pipeline": type(robust).__module__,
         "undefended": type(separate.undefended_model).__module__,
@@ -311,37 +321,44 @@ WITHOUT_PACKAGE = textwrap.dedent(
         "gallery": [caption for _, caption in gallery],
         "refused": refused,
         "defended": result["attacked_with_purifier"],
+        "default": {
+            "model": [model.name, type(model.robust).__module__, model.undefended],
+            "gallery": default_gallery,
+            "labels": [sorted(clean), sorted(attacked), sorted(defended)],
+            "status": status,
+        },
     }))
     """
-)
 
 
 @pytest.mark.slow
-def test_without_the_package_the_space_runs_the_checkpoints_own_code(checkpoint, foundation_folder, example, tmp_path):
+def test_without_the_package_the_space_runs_the_checkpoints_own_code(
+    checkpoint, foundation_folder, example, tmp_path, monkeypatch
+):
     declared = tmp_path / "declared"
     pipeline("robust-image-classification", model=str(checkpoint)).save_pretrained(declared)
     undefended = save_checkpoint(tmp_path / "undefended", foundation_folder, use_purifier=False)
     examples = tmp_path / "examples"
     examples.mkdir()
     shutil.copy(example, examples / "digit.png")
-    (tmp_path / "script.py").write_text(WITHOUT_PACKAGE)
-    completed = subprocess.run(
-        [sys.executable, str(tmp_path / "script.py"), str(declared), str(undefended), str(examples)],
-        env={
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "HF_MODULES_CACHE": str(tmp_path / "modules"),
-            "PYTHONPATH": str(SPACE),
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    monkeypatch.setenv("PYTHONPATH", str(SPACE))
+    # Two starts of the app's code and four attacks: more than the helper's default time on a loaded machine.
+    arguments = (str(declared), str(undefended), str(examples))
+    output = run_without_cropd_hf(WITHOUT_PACKAGE, *arguments, folder=tmp_path, timeout=600)
+    report = json.loads(output.strip().splitlines()[-1])
     assert report["pipeline"].startswith("transformers_modules.")
     assert report["undefended"].startswith("transformers_modules.")
     assert report["chains"] == ["the purifier's head without the purifier", "separate undefended model"]
     assert report["gallery"] == ["digit"]
     assert "datasets need the cropd_hf package" in report["refused"]
     assert {entry["label"] for entry in report["defended"]} == set(LABELS.values())
+
+    # By default, without the package: the checkpoint's own code, and the shipped gallery of 12 MNIST test digits.
+    default = report["default"]
+    assert default["model"][0] == str(declared) and default["model"][1].startswith("transformers_modules.")
+    assert default["model"][2] == str(undefended)
+    captions = json.loads((SPACE / "examples" / "captions.json").read_text())
+    assert default["gallery"] == [[str(SPACE / "examples" / name), caption] for name, caption in captions.items()]
+    assert len(default["gallery"]) == 12 and default["gallery"][0][1] == "test #0: 3"
+    assert all(labels == sorted(LABELS.values()) for labels in default["labels"])
+    assert f"Undefended classifier h'(f(x)), `{undefended}`" in default["status"]
