@@ -116,6 +116,43 @@ def test_fsync_tree_flushes_every_file_and_folder(tmp_path, fsynced):
     assert set(fsynced) == {_inode(path) for path in (tmp_path, *tmp_path.rglob("*"))}
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an fsynced descriptor through /proc")
+@pytest.mark.parametrize("previous", [False, True], ids=["new", "replacing"])
+def test_replace_folder_flushes_every_file_and_folder_it_publishes_then_the_parent(tmp_path, monkeypatch, previous):
+    # What a checkpoint or an output folder holds: files at several depths, the local foundation in a subfolder.
+    staging, target = tmp_path / "out.work" / "output", tmp_path / "out"
+    for name in ("model.safetensors", "config.json", "foundation/model.safetensors", "runs/tiny/events.out"):
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_text(name)
+    if previous:
+        target.mkdir()
+        (target / "model.safetensors").write_text("previous run")
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def recording_fsync(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def recording_replace(source, destination) -> None:
+        events.append(("rename", str(Path(source).resolve()), str(Path(destination).resolve())))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    replace_folder(staging, target)
+
+    published = [target, *target.rglob("*")]
+    assert len(published) == 8 and (target / "model.safetensors").read_text() == "model.safetensors"
+    publishing = events.index(("rename", str(staging.resolve()), str(target.resolve())))
+    # Every file and folder before the rename that publishes them (under the names they had until then) ...
+    flushed_before = {event[1] for event in events[:publishing] if event[0] == "fsync"}
+    missing = {str(staging.resolve() / path.relative_to(target)) for path in published} - flushed_before
+    assert not missing, f"published without an fsync: {sorted(missing)}"
+    # ... and the folder holding the new name after it, before replace_folder returns.
+    assert ("fsync", str(tmp_path.resolve())) in events[publishing + 1 :]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Weight checksums
 

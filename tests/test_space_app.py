@@ -80,7 +80,8 @@ def test_the_picker_offers_both_kinds_by_their_model_card_not_their_name(checkpo
         (f"{PURIFIER} — {purifier}", str(purifier)),
         (f"{ROBUST_ENCODER} — {encoder}", str(encoder)),
     ]
-    assert demo.delete_cache == space.DELETE_CACHE
+    # gradio's cache (uploads, the images shown) is checked every 600 s and cleared of files older than 3600 s.
+    assert demo.delete_cache == (600, 3600)
 
     # Each request runs the model picked, and says plainly what the robust encoder's "purified" image is.
     *_, psnr, _, _, _, status = space.respond(models[1], example, "FGSM", 0.1)
@@ -103,6 +104,17 @@ def test_the_picker_offers_both_kinds_by_their_model_card_not_their_name(checkpo
     models, _ = space.load_models(str(tagged))
     assert [(model.name, model.kind) for model in models] == [(str(tagged), "robust-encoder")]
     assert picker_choices(space.build_demo(models, [])) == [(f"{ROBUST_ENCODER} — {tagged}", str(tagged))]
+
+
+def test_the_app_launches_with_a_5_mb_upload_cap_and_its_cache_cleaned_hourly(checkpoint, monkeypatch):
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **options: launched.append((demo, options)))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # main then leaves torch's thread count alone
+    monkeypatch.delenv("CROPD_EXAMPLES", raising=False)
+    space.main(["--model", str(checkpoint)])
+    ((demo, options),) = launched
+    assert options["max_file_size"] == "5mb"
+    assert demo.delete_cache == (600, 3600)
 
 
 def label_titles(demo: gr.Blocks) -> dict[str, str]:

@@ -2,18 +2,22 @@
 
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from accelerate.utils import load as accelerate_load
 from conftest import TINY_PURIFIER
+from filelock import FileLock
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -27,32 +31,34 @@ TRAIN = REPO / "training" / "train.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+def write_run_file(path: Path, foundation_folder: str, **overrides) -> Path:
+    """A tiny run file based on the embedded default, at `path`."""
+    model = {"foundation_model_name_or_path": foundation_folder, **TINY_PURIFIER}
+    model_overrides = overrides.pop("model", {})
+    # A model section that is not a mapping is passed on as it is: the run file must refuse it.
+    model = {**model, **model_overrides} if isinstance(model_overrides, dict) else model_overrides
+    values = {
+        "base": str(REPO / "training" / "configs" / "embedded.yaml"),
+        "purifier_epochs": 2,
+        "head_epochs": 1,
+        "batch_size": 64,
+        "max_train_samples": 256,
+        "eval_num_samples": 24,
+        "eval_batch_size": 8,
+        **overrides,
+        "model": model,
+    }
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
 @pytest.fixture
 def run_file(foundation_folder, tmp_path):
     """Factory of tiny run files based on the embedded default."""
 
     def make(**overrides) -> Path:
-        model = {
-            "foundation_model_name_or_path": foundation_folder,
-            **TINY_PURIFIER,
-        }
-        model_overrides = overrides.pop("model", {})
-        # A model section that is not a mapping is passed on as it is: the run file must refuse it.
-        model = {**model, **model_overrides} if isinstance(model_overrides, dict) else model_overrides
-        values = {
-            "base": str(REPO / "training" / "configs" / "embedded.yaml"),
-            "purifier_epochs": 2,
-            "head_epochs": 1,
-            "batch_size": 64,
-            "max_train_samples": 256,
-            "eval_num_samples": 24,
-            "eval_batch_size": 8,
-            **overrides,
-            "model": model,
-        }
         path = tmp_path / f"tiny-{len(list(tmp_path.glob('tiny-*.yaml')))}.yaml"
-        path.write_text(yaml.safe_dump(values))
-        return path
+        return write_run_file(path, foundation_folder, **overrides)
 
     return make
 
@@ -388,48 +394,133 @@ def test_push_to_hub_uploads_the_output_folder_with_a_hub_foundation_model(run_f
     assert ModelCard.load(output / "README.md").data.base_model == "org/tiny-vit-mae"
 
 
-PICKLE_PAYLOAD = """
-import os, pickle
+@pytest.fixture(scope="session")
+def kept_states(foundation_folder, tmp_path_factory) -> tuple[Path, Path]:
+    """One tiny run (one purifier epoch, one head epoch) that keeps its per-epoch states: its run file and its
+    purifier-epoch-001 state, shared by the resume tests (which change only copies of it) and made once per session,
+    also when pytest-xdist's workers share the tests (in the session's temporary folder, under a lock)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the session's folder, shared by the workers
+        root = root.parent
+    folder, config = root / "kept-states", root / "kept-states" / "tiny.yaml"
+    with FileLock(str(root / "kept-states.lock")):
+        if not (folder / "first" / "metrics.json").is_file():
+            folder.mkdir(exist_ok=True)
+            write_run_file(config, foundation_folder, purifier_epochs=1, head_epochs=1, eval_pgd_steps=[1])
+            result = run_train("--config", str(config), "--output_dir", str(folder / "first"), "--keep_checkpoints")
+            assert result.returncode == 0, result.stderr[-3000:]
+    return config, folder / "first.work" / "checkpoints" / "purifier-epoch-001"
 
-class Payload:
+
+def copied_state(kept_states: tuple[Path, Path], tmp_path: Path) -> Path:
+    state = tmp_path / "state" / kept_states[1].name
+    shutil.copytree(kept_states[1], state)
+    return state
+
+
+def resume_in_process(config: Path, state: Path, output: Path, capsys) -> tuple[int, str]:
+    """train.py's main in this process resuming from `state`: its exit code and stderr, as on the command line (an
+    exception that escapes main is a traceback and exit code 1)."""
+    code, crash = 0, ""
+    try:
+        import_train().main(
+            ["--config", str(config), "--output_dir", str(output), "--resume_from_checkpoint", str(state)]
+        )
+    except SystemExit as stopped:
+        code = stopped.code
+    except Exception:
+        code, crash = 1, traceback.format_exc()
+    return code, capsys.readouterr().err + crash
+
+
+class CodeOnUnpickle:
+    """Pickled, it is a call of os.system that creates `marker`: unpickling it without restrictions runs that code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch {marker}",))
-
-with open({path!r}, "wb") as file:
-    pickle.dump(Payload(), file)
-"""
-
-
-@pytest.mark.slow
-def test_a_checkpoint_folder_with_a_pickle_is_refused_and_never_unpickled(run_file, tmp_path):
-    checkpoint = tmp_path / "crafted" / "purifier-epoch-001"
-    checkpoint.mkdir(parents=True)
-    marker = tmp_path / "code-ran"
-    payload = PICKLE_PAYLOAD.format(marker=marker, path=str(checkpoint / "custom_checkpoint_0.pkl"))
-    subprocess.run([sys.executable, "-c", payload], check=True)
-    output = tmp_path / "out"
-    result = run_train(
-        "--config", str(run_file()), "--output_dir", str(output), "--resume_from_checkpoint", str(checkpoint)
-    )
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "custom_checkpoint_0.pkl" in result.stderr and "pickle" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not marker.exists(), "the crafted pickle ran code"
+        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.mark.slow
 @pytest.mark.training
-def test_resume_refuses_a_changed_run_file_unless_allowed_and_records_it(run_file, tmp_path):
-    config = run_file(purifier_epochs=1, head_epochs=1, eval_pgd_steps=[1])
-    first = tmp_path / "first"
-    result = run_train("--config", str(config), "--output_dir", str(first), "--keep_checkpoints")
-    assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = tmp_path / "first.work" / "checkpoints" / "purifier-epoch-001"
+def test_a_checkpoint_folder_with_a_pickle_is_refused_and_never_unpickled(kept_states, tmp_path, capsys):
+    # A real state plus the file accelerate unpickles with weights_only=False (train.py registers no such object).
+    state = copied_state(kept_states, tmp_path)
+    marker = tmp_path / "code-ran"
+    with (state / "custom_checkpoint_0.pkl").open("wb") as file:
+        pickle.dump(CodeOnUnpickle(marker), file)
+    output = tmp_path / "out"
+    code, stderr = resume_in_process(kept_states[0], state, output, capsys)
+    assert not marker.exists(), "the crafted pickle ran code"
+    assert code == 2, stderr[-3000:]
+    assert "custom_checkpoint_0.pkl" in stderr and "pickle" in stderr
+    assert "Traceback" not in stderr
+    assert not output.exists() and not (tmp_path / "out.work" / "checkpoints").exists(), "refused before any epoch"
+
+
+@pytest.mark.parametrize("name", ["optimizer.bin", "scheduler.bin", "random_states_0.pkl"])
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_state_file_holding_code_is_refused_naming_it_and_never_unpickled(kept_states, tmp_path, capsys, name):
+    # torch.save of an object whose unpickling runs code: accelerate's loader (weights_only=True) fails on it, and
+    # for the random states it only logs that at INFO and trains on with other random numbers.
+    state = copied_state(kept_states, tmp_path)
+    marker = tmp_path / "code-ran"
+    torch.save(CodeOnUnpickle(marker), state / name)
+    output = tmp_path / "out"
+    code, stderr = resume_in_process(kept_states[0], state, output, capsys)
+    assert not marker.exists(), "the crafted file ran code"
+    assert code == 2, stderr[-3000:]
+    assert f"refused, {name} holds objects other than tensors" in stderr
+    assert f"Delete {state}" in stderr and "start the run again" in stderr
+    assert "Traceback" not in stderr
+    assert not output.exists() and not (tmp_path / "out.work" / "checkpoints").exists(), "refused before any epoch"
+
+
+def _unrestorable_random_states(state: Path) -> None:
+    states = accelerate_load(state / "random_states_0.pkl", weights_only=True)
+    torch.save({**states, "torch_manual_seed": torch.zeros(3, dtype=torch.uint8)}, state / "random_states_0.pkl")
+
+
+WRONG_STATE_FILES = {
+    # The purifier's optimizer state where the head's belongs: it loads, but is not the head optimizer's.
+    "optimizer_1.bin": (
+        lambda state: shutil.copyfile(state / "optimizer.bin", state / "optimizer_1.bin"),
+        "does not have the optimizer's parameters",
+    ),
+    "scheduler_1.bin": (lambda state: (state / "scheduler_1.bin").unlink(), "is missing"),
+    "random_states_0.pkl": (_unrestorable_random_states, "holds random states that cannot be restored"),
+}
+
+
+@pytest.mark.parametrize("name", WRONG_STATE_FILES)
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_state_file_that_is_missing_or_not_what_train_py_wrote_is_refused_naming_it(
+    kept_states, tmp_path, capsys, name
+):
+    change, problem = WRONG_STATE_FILES[name]
+    state = copied_state(kept_states, tmp_path)
+    change(state)
+    output = tmp_path / "out"
+    code, stderr = resume_in_process(kept_states[0], state, output, capsys)
+    assert code == 2, stderr[-3000:]
+    assert f"refused, {name} {problem}" in stderr and f"Delete {state}" in stderr
+    assert "Traceback" not in stderr
+    assert not output.exists() and not (tmp_path / "out.work" / "checkpoints").exists(), "refused before any epoch"
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_resume_refuses_a_changed_run_file_unless_allowed_and_records_it(kept_states, tmp_path):
+    config, checkpoint = kept_states
     assert not list(checkpoint.glob("custom_checkpoint_*")), "progress is stored as JSON, not as a pickle"
     saved = json.loads((checkpoint / "training_progress.json").read_text())
     assert saved["epochs_done"]["purifier"] == 1 and saved["settings"]["seed"] == 0
 
-    changed = config.with_name("changed.yaml")
+    changed = tmp_path / "changed.yaml"
     values = yaml.safe_load(config.read_text())
     changed.write_text(yaml.safe_dump({**values, "seed": 1, "head_learning_rate": 0.1}))
     resume = ("--config", str(changed), "--resume_from_checkpoint", str(checkpoint))

@@ -52,8 +52,8 @@ from cropd_hf.losses import CRoPDTrainingObjective, contrastive_adversarial_exam
 from cropd_hf.training.checkpoints import (
     STAGES,
     TrainingProgress,
-    check_checkpoint_files,
     latest_checkpoint,
+    resume_state,
     save_checkpoint,
 )
 from cropd_hf.training.dry_run import DryRun, dry_run_settings
@@ -309,10 +309,10 @@ def train(args: argparse.Namespace) -> None:
             if args.resume_from_checkpoint == "latest"
             else Path(args.resume_from_checkpoint)
         )
-        check_checkpoint_files(checkpoint)
-        changed_settings = progress.load(checkpoint, args.allow_changed_settings)
-        # Optimizer, scheduler and RNG states go through torch's restricted unpickler (tensors and numbers only).
-        accelerator.load_state(str(checkpoint), load_kwargs={"weights_only": True})
+        # Every state file is checked before it is loaded, through torch's restricted unpickler only.
+        changed_settings = resume_state(
+            accelerator, checkpoint, progress, args.allow_changed_settings, optimizers.values(), schedulers.values()
+        )
         accelerator.print(f"resumed from {checkpoint}: epochs done {progress.epochs_done}")
 
     unwrapped = accelerator.unwrap_model(objective).model
