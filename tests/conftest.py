@@ -80,6 +80,25 @@ def tiny_config(foundation_folder):
     return lambda **overrides: tiny_cropd_config(foundation_folder, **overrides)
 
 
+# A conv purifier with the input skip and a bounded residual at gain 100 (the learned-binarization recipe, tiny).
+BINARIZING_PURIFIER = dict(
+    purifier_architecture="conv",
+    conv_channels=[4, 8],
+    purifier_residual_bound=0.1,
+    purifier_residual_gain=100.0,
+    purifier_input_skip=True,
+)
+
+
+@torch.no_grad()
+def make_it_binarize(purifier: torch.nn.Module) -> None:
+    """Make a BINARIZING_PURIFIER read only the pixel itself: g(x) = clip(x + 0.1·tanh(100·(x − 0.5)), 0, 1)."""
+    output_layer = purifier.autoencoder.decoder[-1]
+    output_layer.weight.zero_()
+    output_layer.weight[0, -1, 1, 1] = 1.0
+    output_layer.bias.fill_(-0.5)
+
+
 WITHOUT_CROPD_HF = textwrap.dedent(
     """
     import sys

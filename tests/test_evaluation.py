@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_cropd_config
+from conftest import BINARIZING_PURIFIER, make_it_binarize, tiny_cropd_config
 from datasets import Dataset
 from torch import nn
 
@@ -498,19 +498,8 @@ def test_bpda_runs_the_model_forward_and_passes_the_classifier_gradient_at_g_x_s
     from cropd_hf.evaluation.bpda import StraightThroughPurifier
 
     torch.manual_seed(0)
-    config = tiny_config(
-        purifier_architecture="conv",
-        conv_channels=[4, 8],
-        purifier_residual_bound=0.1,
-        purifier_residual_gain=100.0,
-        purifier_input_skip=True,
-    )
-    model = CRoPDForImageClassification(config).eval()
-    output_layer = model.purifier.autoencoder.decoder[-1]
-    with torch.no_grad():  # a saturated binarization around 0.5: g(x) = clip(x - 0.1, 0, 1) below it
-        output_layer.weight.zero_()
-        output_layer.weight[0, -1, 1, 1] = 1.0
-        output_layer.bias.fill_(-0.5)
+    model = CRoPDForImageClassification(tiny_config(**BINARIZING_PURIFIER)).eval()
+    make_it_binarize(model.purifier)  # a saturated binarization around 0.5: g(x) = clip(x - 0.1, 0, 1) below it
     x = (torch.rand(3, 1, 8, 8) * 0.2).requires_grad_()
     bpda = StraightThroughPurifier(model)
     logits = bpda(x)

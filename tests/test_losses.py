@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import BINARIZING_PURIFIER, make_it_binarize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -266,22 +267,11 @@ def test_a_bounded_residual_purifier_starts_as_the_identity_and_never_moves_a_pi
 def test_the_input_skip_lets_a_purifier_with_a_high_gain_push_each_pixel_back_by_its_own_value(tiny_config):
     from cropd_hf import CRoPDModel
 
-    config = tiny_config(
-        purifier_architecture="conv",
-        conv_channels=[4, 8],
-        purifier_residual_bound=0.1,
-        purifier_residual_gain=100.0,
-        purifier_input_skip=True,
-    )
-    purifier = CRoPDModel(config)
+    purifier = CRoPDModel(tiny_config(**BINARIZING_PURIFIER))
     images = torch.rand(4, 1, 8, 8)
     torch.testing.assert_close(purifier(images).reconstruction, images)  # the identity before training
-    output_layer = purifier.autoencoder.decoder[-1]
-    assert output_layer.in_channels == 4 + 1  # the decoder's features and the input image
-    with torch.no_grad():  # weights that read the pixel itself: a soft binarization around 0.5
-        output_layer.weight.zero_()
-        output_layer.weight[0, -1, 1, 1] = 1.0
-        output_layer.bias.fill_(-0.5)
+    assert purifier.autoencoder.decoder[-1].in_channels == 4 + 1  # the decoder's features and the input image
+    make_it_binarize(purifier)  # weights that read the pixel itself: a soft binarization around 0.5
     attacked = torch.tensor([0.0, 0.08, 0.92, 1.0, 0.3, 0.7]).view(1, 1, 1, 6).expand(1, 1, 8, 6)
     attacked = torch.nn.functional.pad(attacked, (0, 2))
     purified = purifier(attacked).reconstruction[0, 0, 0, :6]
