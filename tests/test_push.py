@@ -12,7 +12,6 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
-import yaml
 from conftest import run_without_cropd_hf
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import LocalTokenNotFoundError
@@ -284,15 +283,9 @@ def test_an_older_checkpoint_gets_the_pipeline_declared_in_the_upload_only(check
 
 @pytest.mark.slow
 def test_train_push_to_hub_without_a_login_stops_before_training(tmp_path):
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "base": str(REPO / "training" / "configs" / "embedded.yaml"),
-                "model": {"foundation_model_name_or_path": "org/some-vit-mae"},  # a Hub id: not refused as local
-            }
-        )
-    )
+    # The main command's run file: its foundation model is a local folder, which the output carries as ./foundation,
+    # so it is no reason to refuse; the missing login is, before any work.
+    config = REPO / "training" / "configs" / "embedded.yaml"
     env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
     output = tmp_path / "out"
     completed = subprocess.run(
@@ -302,6 +295,7 @@ def test_train_push_to_hub_without_a_login_stops_before_training(tmp_path):
     )  # fmt: skip
     assert completed.returncode == 2, completed.stderr[-3000:]
     assert "--push_to_hub refused: not logged in to the Hub" in completed.stderr
+    assert "local folder" not in completed.stderr
     assert "Traceback" not in completed.stderr and "epoch" not in completed.stderr
     assert not output.exists() and not output.with_name("out.work").joinpath("checkpoints").exists()
 

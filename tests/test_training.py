@@ -266,18 +266,6 @@ def test_an_existing_output_folder_is_never_half_overwritten(run_file, tmp_path)
     assert not (output / "keep.txt").exists() and (output / "model.safetensors").exists()
 
 
-def test_push_to_hub_refuses_a_foundation_model_that_is_only_a_local_folder(run_file, tmp_path, capsys):
-    output = tmp_path / "out"
-    with pytest.raises(SystemExit) as stopped:  # refused before any work: main in this process
-        import_train().main(
-            ["--config", str(run_file()), "--output_dir", str(output), "--push_to_hub", "--hub_model_id", "org/cropd"]
-        )
-    stderr = capsys.readouterr().err
-    assert stopped.value.code == 2
-    assert "--push_to_hub refused" in stderr and "local folder" in stderr
-    assert not output.exists()
-
-
 def import_train():
     from cropd_hf.training import train
 

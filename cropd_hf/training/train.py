@@ -140,13 +140,7 @@ def check_before_work(args: argparse.Namespace, run: RunConfig, output_dir: Path
     if args.push_to_hub:
         if not args.hub_model_id:
             raise RunConfigError("--push_to_hub needs --hub_model_id org/name.")
-        foundation = run.model.get("foundation_model_name_or_path", CRoPDConfig().foundation_model_name_or_path)
-        if os.path.isdir(foundation):
-            raise RunConfigError(
-                f"--push_to_hub refused: the foundation model is the local folder {foundation!r}, which nobody "
-                "who downloads this checkpoint could load. Upload the foundation model to the Hub first and set "
-                "model.foundation_model_name_or_path (and foundation_model_revision) to its id."
-            )
+        # A local foundation model is no reason to refuse: the output carries it as ./foundation, uploaded with it.
         try:  # the login and the repository id, before hours of training rather than after
             check_hub_access(args.hub_model_id)
         except PushError as error:
